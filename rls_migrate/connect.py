@@ -67,7 +67,9 @@ def connect(
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConnectionFailed(f"the DSN is not a valid connection string: {_first_line(exc)}")
+        raise ConnectionFailed(
+            f"the DSN is not a valid connection string: {_first_line(exc)}"
+        ) from None
     try:
         conn = psycopg.connect(
             dsn,

@@ -131,7 +131,7 @@ def system_bindirs() -> list[Path]:
 def docker_reachable() -> str | None:
     """None when a Docker engine answers, else the reason it does not."""
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
     except ImportError:
         return "the docker Python package is not installed (pip install testcontainers)"
     try:
@@ -475,7 +475,7 @@ class DatabaseFactory:
         # A template must have no connections while it is copied.
         self._terminate(self.template)
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.server.dsn("postgres"), autocommit=True) as conn:
             conn.execute(statement)
 

@@ -1,0 +1,507 @@
+"""The playbook: the user-owned YAML file that says what the migration does.
+
+It is validated twice: its shape with pydantic (errors name the file, the line, the key path
+and what was expected), then against the live catalog (unknown tables and columns get a
+"did you mean"). Decisions that ``init`` could not make are written as ``TODO`` and fail
+validation with the list of what to decide.
+
+Example::
+
+    version: 1
+    tenant:
+      table: public.accounts
+      key: id
+      key_type: bigint
+      column: tenant_id
+      setting: app.tenant_id
+    roles:
+      app: app_user
+    tables:
+      public.users:    {strategy: direct, column: account_id}
+      public.issues:   {strategy: derive, parent: "project_id -> public.projects(id)"}
+      public.countries: {strategy: global}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rls_migrate.catalog import Catalog, QualifiedName, quote_ident, split_qualified
+from rls_migrate.errors import PlaybookError
+
+TODO = "TODO"
+KEY_TYPES = ("bigint", "integer", "smallint", "uuid", "text")
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
+_UNITS_MS = {"ms": 1.0, "s": 1000.0, "min": 60000.0, "m": 60000.0, "h": 3600000.0, None: 1.0}
+
+
+def parse_duration_ms(value: Any) -> Any:
+    """``100ms``, ``2s``, ``5min``, or a bare number of milliseconds."""
+    if isinstance(value, bool):
+        return value  # let pydantic reject it
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"expected a duration like 100ms, 2s or 5min, got {value!r}")
+        return float(match.group(1)) * _UNITS_MS[match.group(2)]
+    return value
+
+
+DurationMs = Annotated[float, BeforeValidator(parse_duration_ms), Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParentRef(Strict):
+    """``child_columns -> schema.table(ref_columns)``: how a row finds its tenant."""
+
+    columns: tuple[str, ...]
+    table: str
+    ref_columns: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> ParentRef:
+        match = re.match(r"^\s*(.+?)\s*->\s*(.+?)\s*\(\s*(.+?)\s*\)\s*$", text)
+        if not match:
+            raise ValueError(
+                f"expected 'column -> schema.table(column)', e.g. "
+                f"'project_id -> public.projects(id)', got {text!r}"
+            )
+        cols = tuple(_split_columns(match.group(1)))
+        refs = tuple(_split_columns(match.group(3)))
+        if len(cols) != len(refs):
+            raise ValueError(f"{len(cols)} column(s) on the left but {len(refs)} on the right")
+        QualifiedName.parse(match.group(2))
+        return cls(columns=cols, table=match.group(2), ref_columns=refs)
+
+    @property
+    def qname(self) -> QualifiedName:
+        return QualifiedName.parse(self.table)
+
+    def __str__(self) -> str:
+        left = ", ".join(quote_ident(c) for c in self.columns)
+        right = ", ".join(quote_ident(c) for c in self.ref_columns)
+        return f"{left} -> {self.qname}({right})"
+
+
+def _split_columns(text: str) -> list[str]:
+    out = []
+    for part in _split_outside_quotes(text, ","):
+        names = split_qualified(part.strip())
+        if len(names) != 1:
+            raise ValueError(f"expected a column name, got {part.strip()!r}")
+        out.append(names[0])
+    return out
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    return parts
+
+
+class TablePlan(Strict):
+    """What to do with one table."""
+
+    strategy: Literal["root", "direct", "derive", "hint", "global", "skip", "TODO"]
+    column: str | None = Field(
+        default=None, description="direct/root: the existing column that holds the tenant key"
+    )
+    parent: ParentRef | None = Field(
+        default=None, description="derive/hint: the parent row that gives the tenant"
+    )
+    options: tuple[str, ...] = Field(default=(), description="alternatives init found (TODO)")
+    tenant_unique: tuple[tuple[str, ...], ...] = Field(
+        default=(), description="unique constraints to make tenant-scoped (index stage)"
+    )
+    extra_indexes: tuple[tuple[str, ...], ...] = Field(
+        default=(), description="extra tenant-leading indexes: column lists after the tenant"
+    )
+    skip_indexes: tuple[str, ...] = Field(
+        default=(), description="existing indexes not to twin with a tenant-leading copy"
+    )
+    drop_replaced_indexes: bool = False
+    force_rls: bool | None = None
+    note: str | None = None
+
+    @field_validator("parent", mode="before")
+    @classmethod
+    def _parse_parent(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return ParentRef.parse(value)
+        return value
+
+    @field_validator("tenant_unique", "extra_indexes", mode="before")
+    @classmethod
+    def _column_lists(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(tuple(_split_columns(v)) if isinstance(v, str) else tuple(v)
+                         for v in value)
+        return value
+
+    @model_validator(mode="after")
+    def _fields_match_strategy(self) -> TablePlan:
+        if self.strategy in ("derive", "hint") and self.parent is None:
+            raise ValueError(f"strategy {self.strategy} needs 'parent: column -> table(column)'")
+        if self.strategy in ("direct", "root") and not self.column:
+            raise ValueError(f"strategy {self.strategy} needs 'column' (the tenant key column)")
+        if self.strategy not in ("derive", "hint") and self.parent is not None:
+            raise ValueError(f"'parent' only goes with strategy derive or hint, not {self.strategy}")
+        return self
+
+
+class Tenant(Strict):
+    table: str = Field(description="the tenant root table, e.g. public.accounts")
+    key: str = Field(default="id", description="the root's key column")
+    key_type: Literal["bigint", "integer", "smallint", "uuid", "text"] = "bigint"
+    column: str = Field(default="tenant_id", description="the column added to derived tables")
+    setting: str = Field(default="app.tenant_id", description="the per-transaction setting")
+
+    @field_validator("setting")
+    @classmethod
+    def _setting(cls, value: str) -> str:
+        if not _SETTING.match(value):
+            raise ValueError(
+                f"expected a custom setting name with a dot, like app.tenant_id, got {value!r}")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        QualifiedName.parse(value)
+        return value
+
+    @property
+    def qname(self) -> QualifiedName:
+        return QualifiedName.parse(self.table)
+
+
+class Roles(Strict):
+    app: str = Field(description="the role the application connects as (RLS applies to it)")
+    owner: str | None = Field(default=None, description="the tables' owner; default: as found")
+    admin: tuple[str, ...] = Field(default=(), description="roles that keep seeing every row")
+    admin_mode: Literal["policy", "bypassrls"] = "policy"
+    migration_bypassrls: bool = Field(
+        default=False, description="the toolkit's own role has BYPASSRLS (data stages after FORCE)"
+    )
+
+    @field_validator("admin", mode="before")
+    @classmethod
+    def _admins(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
+class BackfillOptions(Strict):
+    batch_target: DurationMs = Field(default=200.0, description="target time per batch")
+    batch_min_rows: int = Field(default=100, ge=1)
+    batch_max_rows: int = Field(default=50_000, ge=1)
+    batch_start_rows: int = Field(default=1_000, ge=1)
+    pause: DurationMs = Field(default=0.0, description="pause between batches")
+    max_replica_lag: DurationMs | None = Field(
+        default=None, description="pause while a replica's replay lag exceeds this")
+    orphans: Literal["stop", "skip"] = Field(
+        default="stop", description="rows whose parent is gone: stop, or skip and report")
+
+
+class EnforceOptions(Strict):
+    order: tuple[str, ...] = Field(default=(), description="tables first, in this order")
+    pause_between_tables: DurationMs = 0.0
+    force_rls: bool = Field(default=False, description="FORCE ROW LEVEL SECURITY (owner too)")
+    baseline: Literal["keep", "drop"] = Field(
+        default="drop", description="the permissive USING (true) baseline after enforcement")
+    report_window: DurationMs = Field(
+        default=86_400_000.0, description="the clean-report window the gate checks")
+
+
+class IndexOptions(Strict):
+    concurrency: int = Field(default=1, ge=1, le=8)
+    tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
+    twin_min_scans: int = Field(
+        default=1, ge=0, description="twin an existing index used at least this often")
+
+
+class Options(Strict):
+    lock_timeout: DurationMs = Field(default=100.0, description="for every strong lock")
+    statement_timeout: DurationMs = Field(default=0.0, description="0: none (CIC can be long)")
+    ddl_statement_timeout: DurationMs = Field(default=5_000.0)
+    retries: int = Field(default=30, ge=0)
+    backoff_initial: DurationMs = 50.0
+    backoff_max: DurationMs = 5_000.0
+    backfill: BackfillOptions = BackfillOptions()
+    index: IndexOptions = IndexOptions()
+    enforce: EnforceOptions = EnforceOptions()
+
+
+class Playbook(Strict):
+    version: Literal[1] = 1
+    dsn_env: str = Field(default="DATABASE_URL", description="environment variable with the DSN")
+    schemas: tuple[str, ...] = Field(default=("public",), description="schemas to migrate")
+    tenant: Tenant
+    roles: Roles
+    options: Options = Options()
+    tables: dict[str, TablePlan]
+
+    @field_validator("dsn_env")
+    @classmethod
+    def _dsn_env(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(
+                f"expected the NAME of an environment variable (never a DSN), got {value!r}")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, value: dict[str, TablePlan]) -> dict[str, TablePlan]:
+        for name in value:
+            QualifiedName.parse(name)
+        return value
+
+    def table_plans(self) -> Iterator[tuple[QualifiedName, TablePlan]]:
+        for name, plan in self.tables.items():
+            yield QualifiedName.parse(name), plan
+
+    def plan_for(self, qname: QualifiedName) -> TablePlan | None:
+        for name, plan in self.table_plans():
+            if name == qname:
+                return plan
+        return None
+
+    def tenant_column(self, qname: QualifiedName) -> str | None:
+        """The column that holds the tenant key on ``qname`` after the migration."""
+        plan = self.plan_for(qname)
+        if plan is None or plan.strategy in ("global", "skip", TODO):
+            return None
+        if plan.strategy in ("direct", "root"):
+            return plan.column
+        return self.tenant.column
+
+    @property
+    def todos(self) -> list[str]:
+        return [f"{name}: {plan.note or 'decide a strategy'}"
+                + (f" (options: {'; '.join(plan.options)})" if plan.options else "")
+                for name, plan in self.tables.items() if plan.strategy == TODO]
+
+
+# ---------------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    lines: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise PlaybookError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        lines[key] = key_node.start_mark.line + 1
+    return _Lined(mapping, lines)
+
+
+class _Lined(dict[Any, Any]):
+    """A dict that knows the line of each key."""
+
+    def __init__(self, data: Mapping[Any, Any], lines: Mapping[Any, int]) -> None:
+        super().__init__(data)
+        self.lines = dict(lines)
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _line_of(data: Any, loc: tuple[int | str, ...]) -> int | None:
+    line = None
+    node = data
+    for part in loc:
+        if isinstance(node, _Lined) and part in node:
+            line = node.lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    """Read and validate a playbook file's shape; raises :class:`PlaybookError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlaybookError(f"{path}: cannot read the playbook: {exc.strerror}") from None
+    return parse_playbook(text, str(path))
+
+
+def parse_playbook(text: str, source: str = "<playbook>") -> Playbook:
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
+    except PlaybookError as exc:
+        raise PlaybookError(f"{source}: {exc.message}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlaybookError(f"{source}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise PlaybookError(
+            f"{source}: expected a mapping with tenant, roles and tables at the top, "
+            f"got {type(data).__name__}")
+    try:
+        return Playbook.model_validate(_plain(data))
+    except ValidationError as exc:
+        raise PlaybookError(_format_validation(exc, data, source)) from None
+
+
+def _format_validation(exc: ValidationError, data: Any, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # pydantic appends the tagged/function name for some validators; drop non-keys
+        keys = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
+        line = _line_of(data, keys)
+        where = f"{source}:{line}" if line else source
+        path = ".".join(str(p) for p in keys) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(keys[:-1])
+            msg = "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{where}: {path}: {msg}")
+    return "invalid playbook:\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0]
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model accepts at ``loc`` (for "unknown key" messages)."""
+    import typing
+
+    model: Any = Playbook
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        if typing.get_origin(annotation) is dict:
+            model = typing.get_args(annotation)[1]
+            continue
+        model = annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def dump_playbook(playbook: Playbook) -> str:
+    """Plain YAML of a playbook (``init`` writes its own commented version)."""
+    return yaml.safe_dump(playbook.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+# ---------------------------------------------------------------------- against the catalog
+
+
+def check_against_catalog(playbook: Playbook, catalog: Catalog, source: str = "playbook") -> None:
+    """Tables, columns and roles the playbook names must exist; TODOs must be decided."""
+    problems: list[str] = []
+    todos = playbook.todos
+    if todos:
+        problems.append("undecided (TODO) tables: " + "; ".join(todos))
+
+    def need_table(name: str, where: str) -> QualifiedName | None:
+        try:
+            qname = QualifiedName.parse(name)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            return None
+        if qname not in catalog.tables:
+            hint = catalog.suggest(name)
+            problems.append(f"{where}: no table {qname} in the database"
+                            + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+            return None
+        return qname
+
+    def need_column(qname: QualifiedName, column: str, where: str) -> None:
+        table = catalog.tables[qname]
+        if table.column(column) is None:
+            import difflib
+            hint = difflib.get_close_matches(column, table.column_names, n=3, cutoff=0.5)
+            problems.append(f"{where}: table {qname} has no column {column!r}"
+                            + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+
+    root = need_table(playbook.tenant.table, "tenant.table")
+    if root:
+        need_column(root, playbook.tenant.key, "tenant.key")
+    for name, plan in playbook.tables.items():
+        where = f"tables.{name}"
+        qname = need_table(name, where)
+        if qname is None:
+            continue
+        if plan.column and plan.strategy in ("direct", "root"):
+            need_column(qname, plan.column, f"{where}.column")
+        if plan.parent is not None:
+            for col in plan.parent.columns:
+                need_column(qname, col, f"{where}.parent")
+            parent = need_table(plan.parent.table, f"{where}.parent")
+            if parent:
+                for col in plan.parent.ref_columns:
+                    need_column(parent, col, f"{where}.parent")
+                parent_plan = playbook.plan_for(parent)
+                if parent_plan is None or parent_plan.strategy in ("global", "skip"):
+                    problems.append(
+                        f"{where}.parent: {parent} is not tenant-scoped in this playbook "
+                        f"(give it strategy root, direct, derive or hint)")
+    for role_field in ("app", "owner"):
+        role = getattr(playbook.roles, role_field)
+        if role and role not in catalog.roles:
+            problems.append(f"roles.{role_field}: no role {role!r} in the database")
+    for role in playbook.roles.admin:
+        if role not in catalog.roles:
+            problems.append(f"roles.admin: no role {role!r} in the database")
+    if problems:
+        raise PlaybookError(
+            f"{source} does not match the database:\n  " + "\n  ".join(problems))

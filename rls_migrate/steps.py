@@ -1,0 +1,181 @@
+"""Steps: the unit of work every stage produces and the executor runs.
+
+A step is data. It says what SQL to run, which lock that takes (and so what it blocks),
+whether it may run inside a transaction, how to tell it is already done, how to undo it and
+what it will cost. Stages build steps; the executor runs them; renderers print them. Nobody
+else builds SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator, Sequence
+
+from psycopg import sql
+
+from rls_migrate.catalog import QualifiedName
+
+STAGES = ("prepare", "add-column", "backfill", "constrain", "index", "observe", "enforce")
+"""The runbook, in order. ``rollback --to S`` undoes every stage after S."""
+
+
+class Lock(enum.Enum):
+    """Table lock levels, weakest first, with what each one blocks (for the plan)."""
+
+    NONE = ("none", "nothing")
+    ACCESS_SHARE = ("ACCESS SHARE", "only ACCESS EXCLUSIVE (DDL that rewrites or drops)")
+    ROW_EXCLUSIVE = ("ROW EXCLUSIVE", "SHARE and stronger: CREATE INDEX (non-concurrent)")
+    SHARE_UPDATE_EXCLUSIVE = (
+        "SHARE UPDATE EXCLUSIVE",
+        "other schema changes, VACUUM and CREATE INDEX CONCURRENTLY on the table; "
+        "reads and writes go on",
+    )
+    SHARE = ("SHARE", "INSERT, UPDATE, DELETE: writes wait")
+    SHARE_ROW_EXCLUSIVE = ("SHARE ROW EXCLUSIVE", "INSERT, UPDATE, DELETE: writes wait")
+    EXCLUSIVE = ("EXCLUSIVE", "everything but plain reads")
+    ACCESS_EXCLUSIVE = (
+        "ACCESS EXCLUSIVE",
+        "every read and write; while it waits, every later query on the table queues "
+        "behind it (taken under lock_timeout and retried)",
+    )
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def blocks(self) -> str:
+        return self.value[1]
+
+    @property
+    def strength(self) -> int:
+        return list(Lock).index(self)
+
+    @property
+    def pg_mode(self) -> str:
+        """The ``pg_locks.mode`` name of this level (``AccessExclusiveLock``)."""
+        return "".join(w.capitalize() for w in self.label.split()) + "Lock"
+
+    @property
+    def is_strong(self) -> bool:
+        """Locks that block writes or reads: taken only under lock_timeout, with retries."""
+        return self.strength >= Lock.SHARE.strength
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: Estimate) -> Estimate:
+        return Estimate(self.rows + other.rows, self.bytes + other.bytes,
+                        self.seconds + other.seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillSpec:
+    """What a batched backfill does; the executor runs it batch by batch.
+
+    ``batch_sql`` fills one key range; it takes the parameters ``lo`` and ``hi`` (tuples
+    matching ``key_columns``; ``lo`` is None for the first batch). ``max_key_sql`` returns
+    the largest key when the backfill starts, which bounds the loop (rows inserted later are
+    filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead.
+    """
+
+    table: QualifiedName
+    key_columns: tuple[str, ...]  # primary key, or ("ctid",) for a table without one
+    uses_ctid: bool
+    column: str
+    parent: QualifiedName | None
+    batch_sql: sql.Composed
+    first_batch_sql: sql.Composed
+    next_key_sql: sql.Composed
+    first_next_key_sql: sql.Composed
+    max_key_sql: sql.Composed
+    remaining_sql: sql.Composed
+    orphans_sql: sql.Composed | None
+    conflicts_sql: sql.Composed | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One unit of work. ``id`` is deterministic (``add_column:public.comments``): the
+    journal records outcomes by it, which is what makes every stage resumable."""
+
+    id: str
+    stage: str
+    kind: str
+    table: QualifiedName | None
+    description: str
+    statements: tuple[sql.Composable, ...]
+    lock: Lock = Lock.NONE
+    transactional: bool = True
+    done_check: sql.Composable | None = None
+    inverse: tuple[sql.Composable, ...] = ()
+    inverse_transactional: bool = True
+    inverse_lock: Lock = Lock.NONE
+    estimate: Estimate = Estimate()
+    risks: tuple[str, ...] = ()
+    why: str = ""
+    backfill: BackfillSpec | None = None
+    # A step that is part of the product's safety net is never undone by a rollback to a
+    # stage that still needs it; a rollback undoes a stage's steps in reverse order.
+
+    @property
+    def needs_lock_timeout(self) -> bool:
+        return self.lock.is_strong
+
+    def render(self, conn: object | None = None) -> list[str]:
+        """The statements as text (for display and the SQL script)."""
+        return [as_string(s, conn) for s in self.statements]
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    name: str
+    steps: tuple[Step, ...]
+    notes: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    @property
+    def estimate(self) -> Estimate:
+        total = Estimate()
+        for step in self.steps:
+            total = total + step.estimate
+        return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    stages: tuple[StagePlan, ...]
+    risks: tuple[str, ...] = ()
+
+    def stage(self, name: str) -> StagePlan:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def steps(self) -> list[Step]:
+        return [s for stage in self.stages for s in stage.steps]
+
+
+def stage_index(name: str) -> int:
+    return STAGES.index(name)
+
+
+def as_string(statement: sql.Composable, conn: object | None = None) -> str:
+    """Render a composed statement. With a connection, quoting is exact; without one,
+    psycopg approximates it (good enough for display; files are rendered with one)."""
+    return statement.as_string(conn)  # type: ignore[arg-type]
+
+
+def stages_between(after: str | None, upto: str) -> Sequence[str]:
+    """Stages strictly after ``after`` up to and including ``upto``."""
+    start = 0 if after is None else stage_index(after) + 1
+    return STAGES[start : stage_index(upto) + 1]
