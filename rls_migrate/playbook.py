@@ -228,6 +228,10 @@ class BackfillOptions(Strict):
     pause: DurationMs = Field(default=0.0, description="pause between batches")
     max_replica_lag: DurationMs | None = Field(
         default=None, description="pause while a replica's replay lag exceeds this")
+    user_triggers: Literal["skip", "fire"] = Field(
+        default="skip",
+        description="skip: user triggers (updated_at...) do not fire for backfill updates "
+                    "(session_replication_role = replica in each batch); fire: they do")
     orphans: Literal["stop", "skip"] = Field(
         default="stop", description="rows whose parent is gone: stop, or skip and report")
 

@@ -16,6 +16,9 @@ from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 
+Query = sql.SQL | sql.Composed
+"""A statement psycopg can execute."""
+
 STAGES = ("prepare", "add-column", "backfill", "constrain", "index", "observe", "enforce")
 """The runbook, in order. ``rollback --to S`` undoes every stage after S."""
 
@@ -89,14 +92,15 @@ class BackfillSpec:
     uses_ctid: bool
     column: str
     parent: QualifiedName | None
-    batch_sql: sql.Composed
-    first_batch_sql: sql.Composed
-    next_key_sql: sql.Composed
-    first_next_key_sql: sql.Composed
-    max_key_sql: sql.Composed
-    remaining_sql: sql.Composed
-    orphans_sql: sql.Composed | None
-    conflicts_sql: sql.Composed | None
+    batch_sql: Query
+    first_batch_sql: Query
+    next_key_sql: Query
+    first_next_key_sql: Query
+    max_key_sql: Query
+    remaining_sql: Query
+    single_statement_sql: Query  # the whole fill as one UPDATE (SQL scripts, benchmarks)
+    orphans_sql: Query | None
+    conflicts_sql: Query | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +120,11 @@ class Step:
     inverse: tuple[sql.Composable, ...] = ()
     inverse_transactional: bool = True
     inverse_lock: Lock = Lock.NONE
+    inverse_needs: str | None = None  # an option that must be given to undo it (drop_columns)
     estimate: Estimate = Estimate()
     risks: tuple[str, ...] = ()
     why: str = ""
     backfill: BackfillSpec | None = None
-    # A step that is part of the product's safety net is never undone by a rollback to a
-    # stage that still needs it; a rollback undoes a stage's steps in reverse order.
 
     @property
     def needs_lock_timeout(self) -> bool:

@@ -1,0 +1,236 @@
+"""The command line: parses, calls the library, prints. Every expected failure is an
+``RlsMigrateError`` turned into one line on stderr and its exit code, here and only here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from rls_migrate import __version__
+from rls_migrate.catalog import Catalog
+from rls_migrate.connect import connect, resolve_dsn
+from rls_migrate.errors import RlsMigrateError, UsageError
+from rls_migrate.steps import STAGES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DSN_HELP = ("libpq connection string or postgresql:// URL; default: the playbook's dsn_env, "
+            "then $RLS_MIGRATE_DSN, then $DATABASE_URL")
+
+
+def dsn_option(func: F) -> F:
+    return click.option("--dsn", metavar="DSN", help=DSN_HELP)(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rls-migrate")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="structured log lines on stderr: text or JSON")
+@click.option("--debug", is_flag=True, help="show Python tracebacks for unexpected errors")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
+    """Roll PostgreSQL row-level security out on a live multi-tenant database, with zero
+    downtime, in reviewable, resumable, reversible stages:
+
+    \b
+      prepare -> add-column -> backfill -> constrain -> index -> observe -> enforce
+
+    \b
+    Start with:
+      rls-migrate doctor --dsn postgresql://...            what blocks or weakens RLS here
+      rls-migrate init --dsn ... --tenant-table accounts   discover, write a playbook
+      rls-migrate plan playbooks/app.yaml                  dry run: every statement and lock
+      rls-migrate demo                                     all of it on a throwaway server
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["log_format"] = log_format
+    ctx.obj["debug"] = debug
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+@cli.command()
+@dsn_option
+@click.option("--app-role", metavar="ROLE",
+              help="judge this role as the application role (default: the connecting role)")
+def doctor(dsn: str | None, app_role: str | None) -> None:
+    """What the server and roles mean for an RLS rollout, in plain words.
+
+    \b
+    Example:
+      rls-migrate doctor --dsn postgresql://owner@db/app --app-role app_user
+    Exits 1 when something blocks a rollout.
+    """
+    from rls_migrate.doctor import diagnose
+
+    with connect(resolve_dsn(dsn)) as conn:
+        catalog = Catalog.load(conn)
+    findings = diagnose(catalog, app_role)
+    _print_findings(findings)
+    if any(f.level == "block" for f in findings):
+        sys.exit(1)
+
+
+def _print_findings(findings: list[Any]) -> None:
+    marks = {"ok": "ok   ", "warn": "WARN ", "block": "BLOCK"}
+    for f in findings:
+        click.echo(f"{marks[f.level]} {f.topic:<10} {f.message}")
+
+
+# --------------------------------------------------------------------------- init
+
+
+@cli.command()
+@dsn_option
+@click.option("--tenant-table", required=True, metavar="TABLE",
+              help="the tenant root table, e.g. accounts or public.accounts")
+@click.option("--key", metavar="COLUMN", help="the root's key column (default: its primary key)")
+@click.option("--app-role", metavar="ROLE", help="the role the application connects as")
+@click.option("--column", default="tenant_id", show_default=True,
+              help="name of the tenant column added to derived tables")
+@click.option("--setting", default="app.tenant_id", show_default=True,
+              help="the per-transaction setting that holds the current tenant")
+@click.option("--dsn-env", default="DATABASE_URL", show_default=True,
+              help="environment variable the playbook reads the DSN from (never a password)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="playbook path (default: playbooks/<database>.yaml)")
+@click.option("--force", is_flag=True, help="overwrite an existing playbook")
+def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | None, column: str,
+         setting: str, dsn_env: str, output: Path | None, force: bool) -> None:
+    """Discover the tenant graph and write a commented playbook.
+
+    \b
+    Example:
+      rls-migrate init --dsn $DATABASE_URL --tenant-table accounts --app-role app_user \\
+          -o playbooks/app.yaml
+    Tables that need a decision are written as TODO; plan refuses until they are decided.
+    """
+    from rls_migrate.discover import discover
+    from rls_migrate.init import build_playbook_yaml, write_playbook
+
+    with connect(resolve_dsn(dsn)) as conn:
+        catalog = Catalog.load(conn)
+    graph = discover(catalog, tenant_table, key=key, tenant_column=column, app_role=app_role)
+    text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
+                               column=column, setting=setting)
+    path = output or Path("playbooks") / f"{catalog.database}.yaml"
+    write_playbook(path, text, force=force)
+    counts = graph.counts()
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    click.echo(f"wrote {path}: {summary}")
+    todo = counts.get("needs_hint", 0) + counts.get("ambiguous", 0)
+    if todo:
+        click.echo(f"{todo} table(s) marked TODO need your decision before `rls-migrate plan`.")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
+    from rls_migrate.playbook import load_playbook
+
+    playbook = load_playbook(playbook_path)
+    return playbook, resolve_dsn(dsn, playbook.dsn_env)
+
+
+@cli.command()
+@click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
+@dsn_option
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
+              help="only these stages (repeatable; default: all)")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json", "sql"]),
+              default="text", show_default=True,
+              help="text for terminals, markdown for pull requests, json for automation, "
+                   "sql for a runnable psql script")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="write to a file instead of stdout")
+def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
+         output: Path | None) -> None:
+    """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
+
+    Reads the catalog; executes nothing.
+
+    \b
+    Examples:
+      rls-migrate plan playbooks/app.yaml
+      rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
+      rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+    """
+    from rls_migrate.planner import build_plan
+    from rls_migrate.render import RENDERERS
+
+    pb, resolved = _load(playbook, dsn)
+    with connect(resolved) as conn:
+        catalog = Catalog.load(conn, schemas=pb.schemas)
+        the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+        text = RENDERERS[fmt](the_plan, catalog, conn)
+    if output:
+        output.write_text(text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--scale", type=click.FloatRange(0.05, 1000), default=1.0, show_default=True,
+              help="size of the sample database (1 = 20 tenants, ~27,000 rows)")
+@click.option("--keep", is_flag=True, help="leave the server running and print its DSN")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("playbooks"), show_default=True,
+              help="where the demo writes its playbook")
+def demo(scale: float, keep: bool, workdir: Path) -> None:
+    """Start an embedded PostgreSQL, load the sample SaaS database, and show what doctor,
+    discovery and the plan see.
+
+    \b
+    Example:
+      rls-migrate demo --scale 2 --keep
+    """
+    from rls_migrate.demo import run_demo
+
+    run_demo(scale=scale, keep=keep, workdir=workdir, echo=click.echo)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line and an exit code for every expected failure."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="rls-migrate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except RlsMigrateError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except psycopg.Error as exc:
+        if debug:
+            raise
+        diag = getattr(exc, "diag", None)
+        detail = f" ({diag.sqlstate})" if diag is not None and diag.sqlstate else ""
+        click.echo(f"error: the database said: {str(exc).strip().splitlines()[0]}{detail}",
+                   err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+__all__ = ["cli", "main", "UsageError"]

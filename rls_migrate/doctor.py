@@ -1,0 +1,85 @@
+"""``doctor``: what the connecting role and the server mean for an RLS rollout, in plain
+words. Read-only: one catalog snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rls_migrate.catalog import Catalog
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    level: str  # ok | warn | block
+    topic: str
+    message: str
+
+
+def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
+    """Findings about the server and roles. ``app_role`` defaults to the connecting role."""
+    out: list[Diagnosis] = []
+    add = out.append
+    add(Diagnosis("ok", "server", f"PostgreSQL {catalog.server_version}"
+                  + (" (hot standby: read-only)" if catalog.in_recovery else "")))
+    if catalog.in_recovery:
+        add(Diagnosis("block", "server", "this server is in recovery (a replica): run the "
+                      "migration against the primary"))
+    role_name = app_role or catalog.current_user
+    role = catalog.role(role_name)
+    who = "the connecting role" if app_role is None else "the application role"
+    if role is None:
+        add(Diagnosis("block", "role", f"{who} {role_name!r} does not exist"))
+    else:
+        attrs = [a for a, on in (("SUPERUSER", role.superuser), ("BYPASSRLS", role.bypassrls),
+                                 ("LOGIN", role.login), ("CREATEROLE", role.createrole)) if on]
+        add(Diagnosis("ok", "role", f"{who} {role_name!r}: {', '.join(attrs) or 'no attributes'}"
+                      + (f"; member of {', '.join(role.member_of)}" if role.member_of else "")))
+        if role.superuser:
+            add(Diagnosis("warn" if app_role is None else "block", "role",
+                          f"{role_name!r} is a superuser: RLS never applies to it. The "
+                          "application must connect as a role without SUPERUSER"))
+        if role.bypassrls:
+            add(Diagnosis("warn" if app_role is None else "block", "role",
+                          f"{role_name!r} has BYPASSRLS: policies never apply to it. Keep "
+                          "BYPASSRLS for admin tooling; never for the application or for an "
+                          "Alembic env.py that the application shares"))
+        owned = catalog.owned_by(role_name)
+        if owned:
+            names = ", ".join(t.qname.short for t in owned[:10]) + (
+                f" and {len(owned) - 10} more" if len(owned) > 10 else "")
+            add(Diagnosis("warn", "ownership",
+                          f"{role_name!r} owns {len(owned)} table(s) ({names}): owners bypass "
+                          "RLS unless the table has FORCE ROW LEVEL SECURITY. If the application "
+                          "connects as this role, move ownership to a migration role, or plan "
+                          "FORCE"))
+    pl = catalog.settings.get("track_functions", "none")
+    if pl == "none":
+        add(Diagnosis("warn", "settings", "track_functions = none: observe mode cannot count "
+                      "violations in pg_stat_user_functions (set it to 'pl')"))
+    else:
+        add(Diagnosis("ok", "settings", f"track_functions = {pl}"))
+    preload = catalog.settings.get("shared_preload_libraries", "")
+    if "pg_stat_statements" in preload:
+        add(Diagnosis("ok", "settings", "pg_stat_statements is loaded"
+                      + ("" if "pg_stat_statements" in catalog.extensions else
+                         " (CREATE EXTENSION pg_stat_statements to read statement texts)")))
+    else:
+        add(Diagnosis("warn", "settings", "pg_stat_statements is not loaded: observe still "
+                      "records samples and log lines, without per-statement counters"))
+    rls_tables = [t for t in catalog.tables.values() if t.rls_enabled]
+    add(Diagnosis("ok", "rls", f"{len(catalog.tables)} table(s), {len(rls_tables)} with RLS "
+                  f"enabled, {sum(1 for t in rls_tables if t.rls_forced)} forced"))
+    bypassing = [v for v in catalog.views.values() if v.kind == "view" and not v.security_invoker]
+    if bypassing:
+        add(Diagnosis("warn", "views", f"{len(bypassing)} view(s) run with their owner's rights "
+                      "and bypass RLS on the tables they read: "
+                      + ", ".join(v.qname.short for v in bypassing[:8])
+                      + (" (set security_invoker = true)" if catalog.major >= 15 else
+                         " (PostgreSQL 15+ offers security_invoker)")))
+    definer = [f for f in catalog.functions if f.security_definer]
+    unpinned = [f for f in definer if not f.pinned_search_path]
+    if unpinned:
+        add(Diagnosis("warn", "functions", f"{len(unpinned)} SECURITY DEFINER function(s) without "
+                      "a fixed search_path: " + ", ".join(f"{f.schema}.{f.name}"
+                                                         for f in unpinned[:8])))
+    return out

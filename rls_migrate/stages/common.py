@@ -1,0 +1,233 @@
+"""What every stage planner shares: the tenant tables in dependency order, object names,
+and the SQL fragments that read the tenant context."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from rls_migrate.catalog import Catalog, Column, QualifiedName, Table
+from rls_migrate.errors import PlaybookError
+from rls_migrate.playbook import ParentRef, Playbook, TablePlan
+from rls_migrate.steps import Estimate
+
+TOOLKIT_SCHEMA = "rls_migrate"
+MAX_IDENT = 63
+# Throughput assumed for estimates when nothing better is known (rows per second).
+ESTIMATED_BACKFILL_ROWS_PER_S = 50_000.0
+ESTIMATED_INDEX_BYTES_PER_S = 40_000_000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantTable:
+    """A table the migration protects, with where its tenant key comes from."""
+
+    qname: QualifiedName
+    table: Table
+    plan: TablePlan
+    column: str  # the column that holds the tenant key (existing or added)
+    added: bool  # the toolkit adds and fills ``column``
+    parent: ParentRef | None
+    parent_column: str | None  # the tenant column on the parent table
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return self.qname.ident
+
+    @property
+    def strategy(self) -> str:
+        return self.plan.strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanContext:
+    catalog: Catalog
+    playbook: Playbook
+
+    @property
+    def key_type(self) -> str:
+        return self.playbook.tenant.key_type
+
+    @property
+    def root(self) -> QualifiedName:
+        return self.playbook.tenant.qname
+
+    @functools.cached_property
+    def tenant_tables(self) -> tuple[TenantTable, ...]:
+        """Tenant-scoped tables, parents before children (the backfill order)."""
+        entries: dict[QualifiedName, TenantTable] = {}
+        for qname, plan in self.playbook.table_plans():
+            if plan.strategy in ("global", "skip", "TODO"):
+                continue
+            table = self.catalog.tables.get(qname)
+            if table is None:
+                raise PlaybookError(f"tables.{qname}: no such table in the database")
+            column = self.playbook.tenant_column(qname)
+            assert column is not None
+            parent_column = None
+            if plan.parent is not None:
+                parent_column = self.playbook.tenant_column(plan.parent.qname)
+            entries[qname] = TenantTable(
+                qname, table, plan, column, plan.strategy in ("derive", "hint"), plan.parent,
+                parent_column)
+        return tuple(_parents_first(entries))
+
+    def tenant_table(self, qname: QualifiedName) -> TenantTable | None:
+        for entry in self.tenant_tables:
+            if entry.qname == qname:
+                return entry
+        return None
+
+    def tenant_value(self) -> sql.Composed:
+        """The current tenant, read so that an unset or reset setting gives NULL:
+        ``NULLIF(current_setting('app.tenant_id', true), '')::bigint``."""
+        return current_tenant_sql(self.playbook.tenant.setting, self.key_type)
+
+    def key_column_type(self) -> str:
+        root = self.catalog.tables.get(self.root)
+        col = root.column(self.playbook.tenant.key) if root else None
+        return col.type if col else self.key_type
+
+
+def current_tenant_sql(setting: str, key_type: str) -> sql.Composed:
+    return sql.SQL("NULLIF(current_setting({}, true), '')::{}").format(
+        sql.Literal(setting), sql.SQL(_type_sql(key_type)))
+
+
+def _type_sql(key_type: str) -> str:
+    allowed = {"bigint", "integer", "smallint", "uuid", "text"}
+    if key_type not in allowed:
+        raise PlaybookError(f"tenant.key_type: expected one of {sorted(allowed)}, got {key_type!r}")
+    return key_type
+
+
+def type_sql(column: Column) -> sql.SQL:
+    """A column's type as SQL. ``format_type`` output comes from the server's catalog and is
+    already quoted where needed."""
+    return sql.SQL(column.type)
+
+
+def _parents_first(entries: dict[QualifiedName, TenantTable]) -> list[TenantTable]:
+    ordered: list[TenantTable] = []
+    state: dict[QualifiedName, int] = {}
+
+    def visit(qname: QualifiedName, trail: tuple[QualifiedName, ...]) -> None:
+        if state.get(qname) == 2:
+            return
+        if state.get(qname) == 1:
+            cycle = " -> ".join(str(q) for q in (*trail, qname))
+            raise PlaybookError(f"tenant parents form a cycle: {cycle}")
+        state[qname] = 1
+        entry = entries[qname]
+        if entry.parent is not None and entry.parent.qname in entries:
+            visit(entry.parent.qname, (*trail, qname))
+        state[qname] = 2
+        ordered.append(entry)
+
+    for qname in sorted(entries):
+        visit(qname, ())
+    return ordered
+
+
+def object_name(prefix: str, qname: QualifiedName, suffix: str = "") -> str:
+    """A deterministic name that fits PostgreSQL's 63 bytes, e.g. ``comments_tenant_idx``.
+
+    Long or non-ASCII names are shortened and made unique with a hash of the full name."""
+    base = f"{prefix}{qname.name}{suffix}"
+    if len(base.encode()) <= MAX_IDENT and base.isascii():
+        return base
+    digest = hashlib.sha1(f"{qname.schema}.{qname.name}".encode()).hexdigest()[:8]
+    stem = qname.name.encode("ascii", "ignore").decode()
+    stem = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+    room = MAX_IDENT - len(prefix) - len(suffix) - len(digest) - 1
+    return f"{prefix}{stem[:max(room, 0)]}_{digest}{suffix}"
+
+
+def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
+    """A toolkit function for one table, in the ``rls_migrate`` schema."""
+    return sql.Identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", qname))
+
+
+def columns_sql(columns: Sequence[str], alias: str | None = None) -> sql.Composed:
+    if alias:
+        return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
+    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+
+
+def exists_sql(query: sql.Composable) -> sql.Composed:
+    return sql.SQL("SELECT EXISTS ({})").format(query)
+
+
+def regclass_literal(qname: QualifiedName) -> sql.Composed:
+    """``'schema.table'::regclass`` with the name quoted for regclass input."""
+    return sql.SQL("{}::regclass").format(sql.Literal(_regclass_text(qname)))
+
+
+def _regclass_text(qname: QualifiedName) -> str:
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return f"{q(qname.schema)}.{q(qname.name)}"
+
+
+def column_exists_check(qname: QualifiedName, column: str) -> sql.Composed:
+    return exists_sql(sql.SQL(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND NOT attisdropped"
+    ).format(regclass_literal(qname), sql.Literal(column)))
+
+
+def column_not_null_check(qname: QualifiedName, column: str) -> sql.Composed:
+    return exists_sql(sql.SQL(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND attnotnull"
+    ).format(regclass_literal(qname), sql.Literal(column)))
+
+
+def constraint_exists_check(qname: QualifiedName, name: str, validated: bool = False) -> sql.Composed:
+    query = sql.SQL("SELECT 1 FROM pg_constraint WHERE conrelid = {} AND conname = {}").format(
+        regclass_literal(qname), sql.Literal(name))
+    if validated:
+        query = sql.SQL("{} AND convalidated").format(query)
+    return exists_sql(query)
+
+
+def trigger_exists_check(qname: QualifiedName, name: str) -> sql.Composed:
+    return exists_sql(sql.SQL(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = {} AND tgname = {}"
+    ).format(regclass_literal(qname), sql.Literal(name)))
+
+
+def index_valid_check(qname: QualifiedName, name: str) -> sql.Composed:
+    return exists_sql(sql.SQL(
+        "SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " WHERE x.indrelid = {} AND c.relname = {} AND x.indisvalid"
+    ).format(regclass_literal(qname), sql.Literal(name)))
+
+
+def policy_exists_check(qname: QualifiedName, name: str) -> sql.Composed:
+    return exists_sql(sql.SQL(
+        "SELECT 1 FROM pg_policy WHERE polrelid = {} AND polname = {}"
+    ).format(regclass_literal(qname), sql.Literal(name)))
+
+
+def rows_estimate(table: Table) -> Estimate:
+    seconds = table.row_estimate / ESTIMATED_BACKFILL_ROWS_PER_S
+    return Estimate(rows=table.row_estimate, bytes=table.size_bytes, seconds=round(seconds, 2))
+
+
+def triggers_firing_on_update(table: Table, column: str) -> list[str]:
+    """User triggers that fire on an UPDATE of ``column`` (every UPDATE trigger without a
+    column list does): the backfill makes each of them run once per row."""
+    fired = []
+    for trig in table.triggers:
+        if "UPDATE" not in trig.events or trig.enabled == "D":
+            continue
+        if trig.name.startswith("rls_migrate_"):
+            continue
+        if " UPDATE OF " in trig.definition and column not in trig.definition:
+            continue
+        fired.append(trig.name)
+    return fired

@@ -1,0 +1,117 @@
+"""constrain: NOT NULL on the tenant column without a long lock, and the tenant foreign key
+validated without blocking writes.
+
+``CHECK (col IS NOT NULL) NOT VALID`` (instant) -> ``VALIDATE CONSTRAINT`` (SHARE UPDATE
+EXCLUSIVE: reads and writes go on while it scans) -> ``SET NOT NULL`` (PostgreSQL 12+ skips
+the scan because the valid check proves it) -> drop the check."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from rls_migrate.stages.add_column import tenant_fk_name
+from rls_migrate.stages.common import (
+    PlanContext,
+    TenantTable,
+    column_not_null_check,
+    constraint_exists_check,
+    object_name,
+    rows_estimate,
+)
+from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+
+
+def not_null_check_name(entry: TenantTable) -> str:
+    return object_name("", entry.qname, f"_{entry.column}_rlsm_not_null")
+
+
+def plan(ctx: PlanContext) -> StagePlan:
+    steps: list[Step] = []
+    notes: list[str] = []
+    skip_orphans = ctx.playbook.options.backfill.orphans == "skip"
+    for entry in ctx.tenant_tables:
+        ident = entry.ident
+        col = sql.Identifier(entry.column)
+        column = entry.table.column(entry.column)
+        already_not_null = column is not None and column.not_null
+        if entry.strategy == "hint" and skip_orphans:
+            notes.append(f"{entry.qname}: orphans are skipped (options.backfill.orphans: skip), "
+                         "so its tenant column stays nullable")
+        elif not already_not_null:
+            check = not_null_check_name(entry)
+            check_ident = sql.Identifier(check)
+            not_null = column_not_null_check(entry.qname, entry.column)
+            steps.append(Step(
+                id=f"not_null_check:{entry.qname}",
+                stage="constrain",
+                kind="add_check",
+                table=entry.qname,
+                description=f"CHECK ({entry.column} IS NOT NULL) NOT VALID: new rows are checked "
+                            "at once, old rows are not scanned",
+                statements=(sql.SQL(
+                    "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                    ident, check_ident, col),),
+                lock=Lock.ACCESS_EXCLUSIVE,
+                done_check=sql.SQL("SELECT ({}) OR ({})").format(
+                    not_null, constraint_exists_check(entry.qname, check)),
+                inverse=(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                    ident, check_ident),),
+                inverse_lock=Lock.ACCESS_EXCLUSIVE,
+                estimate=Estimate(seconds=0.01),
+            ))
+            steps.append(Step(
+                id=f"validate_not_null:{entry.qname}",
+                stage="constrain",
+                kind="validate_constraint",
+                table=entry.qname,
+                description="VALIDATE the check: one scan, reads and writes go on",
+                statements=(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    ident, check_ident),),
+                lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+                done_check=sql.SQL("SELECT ({}) OR ({})").format(
+                    not_null, constraint_exists_check(entry.qname, check, validated=True)),
+                estimate=rows_estimate(entry.table),
+            ))
+            steps.append(Step(
+                id=f"set_not_null:{entry.qname}",
+                stage="constrain",
+                kind="set_not_null",
+                table=entry.qname,
+                description=f"SET NOT NULL on {entry.column}: no scan, the valid check proves it",
+                statements=(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+                    ident, col),),
+                lock=Lock.ACCESS_EXCLUSIVE,
+                done_check=not_null,
+                inverse=(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                    ident, col),),
+                inverse_lock=Lock.ACCESS_EXCLUSIVE,
+                estimate=Estimate(seconds=0.01),
+            ))
+            steps.append(Step(
+                id=f"drop_not_null_check:{entry.qname}",
+                stage="constrain",
+                kind="drop_check",
+                table=entry.qname,
+                description="drop the now redundant check",
+                statements=(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                    ident, check_ident),),
+                lock=Lock.ACCESS_EXCLUSIVE,
+                done_check=sql.SQL("SELECT ({}) AND NOT ({})").format(
+                    not_null, constraint_exists_check(entry.qname, check)),
+                estimate=Estimate(seconds=0.01),
+            ))
+        if entry.added and not (entry.table.is_partitioned and ctx.catalog.major < 18):
+            fk = tenant_fk_name(entry)
+            steps.append(Step(
+                id=f"validate_tenant_fk:{entry.qname}",
+                stage="constrain",
+                kind="validate_constraint",
+                table=entry.qname,
+                description=f"VALIDATE the tenant foreign key {fk}: reads and writes go on",
+                statements=(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    ident, sql.Identifier(fk)),),
+                lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+                done_check=constraint_exists_check(entry.qname, fk, validated=True),
+                estimate=rows_estimate(entry.table),
+            ))
+    return StagePlan("constrain", tuple(steps), tuple(notes))
