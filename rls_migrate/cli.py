@@ -177,6 +177,150 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
         click.echo(text, nl=False)
 
 
+# --------------------------------------------------------------------------- apply / status / rollback
+
+
+def _configure(ctx: click.Context) -> None:
+    from rls_migrate.logs import configure_logging
+
+    configure_logging(ctx.obj.get("log_format", "text"))
+
+
+def _progress(ctx: click.Context) -> Any:
+    from rls_migrate.executor import make_progress
+
+    return None if ctx.obj.get("log_format") == "json" else make_progress()
+
+
+def _print_result(result: Any) -> None:
+    for out in result.outcomes:
+        extra = ""
+        if out.details.get("rows") is not None:
+            extra = f" ({out.details['rows']} rows in {out.details.get('batches')} batches)"
+        if out.error:
+            extra += f": {out.error}"
+        click.echo(f"  {out.outcome:<9} {out.step_id}{extra}")
+    click.echo(f"{result.stage}: {result.done} done, {result.skipped} already done, "
+               f"{result.failed} failed")
+
+
+@cli.command()
+@click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stage", required=True, type=click.Choice(STAGES), help="the stage to run")
+@dsn_option
+@click.option("--dry-run", is_flag=True, help="show what would run (done checks only)")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.pass_context
+def apply(ctx: click.Context, playbook: Path, stage: str, dsn: str | None, dry_run: bool,
+          yes: bool) -> None:
+    """Run one stage: idempotent, resumable, journaled.
+
+    Steps already done are skipped; a killed run resumes where it stopped. On a terminal it
+    shows the stage's plan and asks first.
+
+    \b
+    Examples:
+      rls-migrate apply playbooks/app.yaml --stage prepare
+      rls-migrate apply playbooks/app.yaml --stage backfill --yes
+      rls-migrate apply playbooks/app.yaml --stage constrain --dry-run
+    """
+    from rls_migrate.runner import apply_stage
+
+    _configure(ctx)
+    pb, resolved = _load(playbook, dsn)
+    if not dry_run and not yes and sys.stdin.isatty():
+        from rls_migrate.planner import build_plan
+        from rls_migrate.render import render_text
+
+        with connect(resolved) as conn:
+            catalog = Catalog.load(conn, schemas=pb.schemas)
+            click.echo(render_text(build_plan(catalog, pb, [stage], source=str(playbook)),
+                                   catalog, conn))
+        click.confirm(f"Run stage {stage}?", abort=True)
+    progress = None if dry_run else _progress(ctx)
+    if progress is not None:
+        with progress:
+            outcome = apply_stage(resolved, pb, stage, source=str(playbook), progress=progress)
+    else:
+        outcome = apply_stage(resolved, pb, stage, source=str(playbook), dry_run=dry_run)
+    _print_result(outcome.result)
+
+
+@cli.command()
+@click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
+@dsn_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def status(playbook: Path, dsn: str | None, fmt: str) -> None:
+    """Table x stage matrix from the journal, with backfill progress, orphans, conflicts
+    and the last error.
+
+    \b
+    Example:
+      rls-migrate status playbooks/app.yaml
+    """
+    import json
+
+    from rls_migrate.runner import status as get_status
+
+    pb, resolved = _load(playbook, dsn)
+    report = get_status(resolved, pb, source=str(playbook))
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    stages = [s for s in STAGES if any(s in row for row in report["matrix"].values())]
+    table = Table(title="rls-migrate status")
+    table.add_column("table")
+    for name in stages:
+        table.add_column(name)
+    table.add_column("backfill")
+    for name, row in sorted(report["matrix"].items()):
+        ck = report["backfill"].get(name)
+        fill = ""
+        if ck:
+            fill = f"{ck['rows_done']:,} rows, {ck['batches']} batches" + (
+                " (finished)" if ck["finished"] else "")
+        table.add_row(name, *(row.get(s, "-") for s in stages), fill)
+    Console(width=max(120, Console().width)).print(table)
+    for anomaly in report["anomalies"]:
+        click.echo(f"{anomaly['kind']}s in {anomaly['table_name']}: {anomaly['count']} "
+                   f"(sample keys: {anomaly['sample']})")
+    for err in report["errors"]:
+        click.echo(f"last error: {err}")
+
+
+@cli.command()
+@click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True,
+              type=click.Choice(("none", *STAGES)),
+              help="undo every stage after this one (none: all of them)")
+@dsn_option
+@click.option("--drop-columns", is_flag=True,
+              help="also drop the tenant columns add-column created (their data is lost)")
+@click.option("--dry-run", is_flag=True, help="show what would be undone")
+@click.pass_context
+def rollback(ctx: click.Context, playbook: Path, target: str, dsn: str | None,
+             drop_columns: bool, dry_run: bool) -> None:
+    """Undo stages, latest first, with the same lock care as apply.
+
+    \b
+    Examples:
+      rls-migrate rollback playbooks/app.yaml --to backfill     # drop constraints only
+      rls-migrate rollback playbooks/app.yaml --to none --drop-columns
+    """
+    from rls_migrate.runner import rollback_to
+
+    _configure(ctx)
+    pb, resolved = _load(playbook, dsn)
+    for result in rollback_to(resolved, pb, target, source=str(playbook),
+                              drop_columns=drop_columns, dry_run=dry_run):
+        if result.outcomes:
+            _print_result(result)
+
+
 # --------------------------------------------------------------------------- demo
 
 

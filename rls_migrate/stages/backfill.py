@@ -93,7 +93,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
             txt=_key_text(keys, "c"), t=t,
             desc=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier("c", k))
                                     for k in keys))
-        sample_key = _key_text(keys, "c")
+        sample_key = sql.SQL("concat_ws(',', {})").format(_key_text(keys, "c"))
         uses_ctid = False
     else:
         if table.is_partitioned:
@@ -144,9 +144,13 @@ def plan(ctx: PlanContext) -> StagePlan:
         spec = build_spec(ctx, entry)
         risks: list[str] = []
         fired = triggers_firing_on_update(entry.table, entry.column)
-        if fired:
+        if fired and ctx.playbook.options.backfill.user_triggers == "fire":
             risks.append(f"user trigger(s) {', '.join(fired)} fire once per backfilled row "
                          "(e.g. updated_at changes)")
+        elif fired:
+            risks.append(f"user trigger(s) {', '.join(fired)} are skipped by the backfill "
+                         "(session_replication_role = replica in each batch: needs a superuser "
+                         "or, on PostgreSQL 15+, GRANT SET ON PARAMETER session_replication_role)")
         if entry.table.publications:
             risks.append(f"publication(s) {', '.join(entry.table.publications)}: logical "
                          "replication consumers see every backfilled row as an UPDATE")

@@ -33,7 +33,9 @@ def plan(ctx: PlanContext) -> StagePlan:
         ident = entry.ident
         col = sql.Identifier(entry.column)
         column = entry.table.column(entry.column)
-        already_not_null = column is not None and column.not_null
+        # Columns the toolkit adds are always planned (done checks make reruns no-ops and
+        # rollback needs the steps); an existing key column already NOT NULL needs nothing.
+        already_not_null = not entry.added and column is not None and column.not_null
         if entry.strategy == "hint" and skip_orphans:
             notes.append(f"{entry.qname}: orphans are skipped (options.backfill.orphans: skip), "
                          "so its tenant column stays nullable")

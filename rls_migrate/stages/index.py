@@ -141,7 +141,10 @@ def _index_steps(
             table=part,
             description=f"ATTACH {part_name} to {name}",
             statements=(sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(idx, part_idx),),
-            lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+            # ACCESS SHARE on the partition itself, but ACCESS EXCLUSIVE on the partition's
+            # index: every query that plans against the partition (directly or through the
+            # parent) opens that index and waits. Brief, but it must queue like one.
+            lock=Lock.ACCESS_EXCLUSIVE,
             done_check=_attached_check(part, part_name, name),
             estimate=Estimate(seconds=0.01),
         ))

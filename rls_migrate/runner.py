@@ -1,0 +1,226 @@
+"""apply / status / rollback as library calls: the CLI only parses and prints these.
+
+Example::
+
+    from rls_migrate.runner import apply_stage
+    result = apply_stage(dsn, playbook, "backfill")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from rls_migrate import journal as journal_mod
+from rls_migrate.catalog import Catalog
+from rls_migrate.connect import connect
+from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
+from rls_migrate.executor import Executor, ProgressHook, StageResult, StepOutcome, _now
+from rls_migrate.planner import build_plan
+from rls_migrate.playbook import Playbook
+from rls_migrate.stages.backfill import run_backfill
+from rls_migrate.stages.common import PlanContext
+from rls_migrate.stages.prepare import check_roles
+from rls_migrate.steps import STAGES, Plan, StagePlan, Step
+
+# Stages the executor runs today; the others are planned (``plan``) but not applied yet.
+APPLICABLE = ("prepare", "add-column", "backfill", "constrain")
+ROLLBACK_TARGETS = ("none", *STAGES)
+
+
+@Executor.register("backfill")
+def _backfill_handler(executor: Executor, step: Step) -> StepOutcome:
+    assert step.backfill is not None
+    started = _now()
+    earlier = journal_mod.load_checkpoint(executor.conn, step.backfill.table)
+    if earlier is not None and earlier.finished:
+        # Finished before, with rows left empty on purpose (orphans skipped): nothing to do.
+        return StepOutcome.finish(step, "skipped", started=started,
+                                  details={"reason": "finished earlier", "rows": earlier.rows_done,
+                                           "batches": earlier.batches})
+
+    def progress(table: Any, rows: int, total: int) -> None:
+        if executor.progress is not None:
+            executor.progress.step_advance(step, rows, total or None)
+
+    result = run_backfill(executor.conn, step.backfill, executor.options,
+                          log=executor.log.info, progress=progress,
+                          total_estimate=step.estimate.rows)
+    ms = sorted(result.batch_ms)
+    details = {
+        "rows": result.rows, "batches": result.batches, "resumed": result.resumed,
+        "orphans": result.orphans, "orphan_sample": result.orphan_sample,
+        "conflicts": result.conflicts, "conflict_sample": result.conflict_sample,
+        "batch_ms_p50": ms[len(ms) // 2] if ms else None,
+        "batch_ms_max": ms[-1] if ms else None,
+    }
+    return StepOutcome.finish(step, "done", started=started, details=details)
+
+
+@Executor.register("upgrade_schema")
+def _schema_handler(executor: Executor, step: Step) -> StepOutcome:
+    started = _now()
+    journal_mod.upgrade_schema(executor.conn)
+    return StepOutcome.finish(step, "done", started=started,
+                              details={"revision": journal_mod.head_revision()})
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    stage: str
+    result: StageResult
+    plan: StagePlan
+
+
+def _open(dsn: str, command: str) -> psycopg.Connection[Any]:
+    return connect(dsn, application_name=f"rls-migrate {command}")
+
+
+def _plan(conn: psycopg.Connection[Any], playbook: Playbook, source: str,
+          stages: Sequence[str] | None = None) -> tuple[Catalog, Plan]:
+    catalog = Catalog.load(conn, schemas=playbook.schemas)
+    return catalog, build_plan(catalog, playbook, stages, source=source)
+
+
+def _require_previous(conn: psycopg.Connection[Any], journal: journal_mod.Journal, plan: Plan,
+                      stage: str) -> None:
+    """A stage runs only once every step of the stages before it is done: its done check
+    passes, or the journal has it done (a backfill that skipped orphans)."""
+    index = STAGES.index(stage)
+    for earlier in plan.stages:
+        if STAGES.index(earlier.name) >= index or earlier.name not in APPLICABLE:
+            continue
+        for step in earlier.steps:
+            if step.done_check is None:
+                continue
+            row = conn.execute(step.done_check).fetchone()
+            if not (row and row[0]) and journal.step_status(step.id) != "done":
+                raise GateClosed(
+                    f"stage {stage} needs stage {earlier.name} first ({step.id} is not done): "
+                    f"run `rls-migrate apply PLAYBOOK --stage {earlier.name}`")
+
+
+def apply_stage(
+    dsn: str,
+    playbook: Playbook,
+    stage: str,
+    *,
+    source: str = "playbook",
+    dry_run: bool = False,
+    progress: ProgressHook | None = None,
+) -> ApplyResult:
+    if stage not in APPLICABLE:
+        raise UsageError(f"stage {stage} can be planned (rls-migrate plan) but not applied by "
+                         f"this version; applicable stages: {', '.join(APPLICABLE)}")
+    with _open(dsn, f"apply {stage}") as conn:
+        catalog, plan = _plan(conn, playbook, source)
+        if stage == "prepare":
+            blocking = [f for f in check_roles(PlanContext(catalog, playbook)) if f.blocking]
+            if blocking:
+                raise PrerequisiteError("; ".join(f.message for f in blocking))
+        elif journal_mod.schema_revision(conn) is None:
+            raise GateClosed("the rls_migrate schema does not exist: run "
+                             "`rls-migrate apply PLAYBOOK --stage prepare` first")
+        if stage == "prepare" and not dry_run:
+            # The journal lives in the schema: create or upgrade it before anything is
+            # journaled (a newer toolkit takes over a half-finished migration here).
+            journal_mod.upgrade_schema(conn)
+        if dry_run and journal_mod.schema_revision(conn) is None:
+            return ApplyResult(stage, StageResult(stage, tuple(
+                StepOutcome.finish(s, "would-run", started=_now()) for s in plan.stage(stage)),
+                True), plan.stage(stage))
+        journal = journal_mod.Journal(conn)
+        _require_previous(conn, journal, plan, stage)
+        with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
+            executor = Executor(conn, playbook.options, journal, progress=progress)
+            run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
+            outcome = "failed"
+            try:
+                result = executor.run(plan.stage(stage), dry_run=dry_run)
+                outcome = "done"
+            finally:
+                if run_id is not None:
+                    journal.finish_run(outcome)
+        return ApplyResult(stage, result, plan.stage(stage))
+
+
+def rollback_to(
+    dsn: str,
+    playbook: Playbook,
+    target: str,
+    *,
+    source: str = "playbook",
+    drop_columns: bool = False,
+    dry_run: bool = False,
+    progress: ProgressHook | None = None,
+) -> list[StageResult]:
+    """Undo every stage after ``target`` (``none``: all of them), latest first."""
+    if target not in ROLLBACK_TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(ROLLBACK_TARGETS)}, got {target!r}")
+    undo = [s for s in reversed(STAGES)
+            if target == "none" or STAGES.index(s) > STAGES.index(target)]
+    results: list[StageResult] = []
+    with _open(dsn, f"rollback to {target}") as conn:
+        if journal_mod.schema_revision(conn) is None:
+            raise GateClosed("nothing to roll back: the rls_migrate schema does not exist")
+        _, plan = _plan(conn, playbook, source)
+        journal = journal_mod.Journal(conn)
+        with journal_mod.MigrationLock(conn, command=f"rollback {target}"):
+            executor = Executor(conn, playbook.options, journal, progress=progress)
+            for name in undo:
+                if name == "prepare":
+                    continue  # the journal stays: it is the record of what happened
+                stage = plan.stage(name)
+                steps = tuple(s if s.inverse_needs is None or (
+                    s.inverse_needs == "drop_columns" and drop_columns)
+                    else dataclasses.replace(s, inverse=()) for s in stage.steps)
+                results.append(executor.rollback(dataclasses.replace(stage, steps=steps),
+                                                 dry_run=dry_run))
+                if name == "add-column" and drop_columns and not dry_run:
+                    for step in stage.steps:
+                        if step.kind == "add_column" and step.table is not None:
+                            journal.reset_backfill(step.table)
+    return results
+
+
+def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[str, Any]:
+    """The table x stage matrix from the journal, backfill progress, anomalies, last errors."""
+    with _open(dsn, "status") as conn:
+        if journal_mod.schema_revision(conn) is None:
+            raise GateClosed("no migration yet: the rls_migrate schema does not exist "
+                             "(run `rls-migrate apply PLAYBOOK --stage prepare`)")
+        _, plan = _plan(conn, playbook, source)
+        journal = journal_mod.Journal(conn)
+        states = {row.step_id: row for row in journal.step_rows()}
+        matrix: dict[str, dict[str, str]] = {}
+        for stage in plan.stages:
+            for step in stage.steps:
+                if step.table is None:
+                    continue
+                cell = matrix.setdefault(str(step.table), {})
+                row = states.get(step.id)
+                state = (row.status if row else None) or "pending"
+                previous = cell.get(stage.name)
+                if previous is None or previous == state:
+                    cell[stage.name] = state
+                else:
+                    cell[stage.name] = "partial"
+        checkpoints = {}
+        for stage in plan.stages:
+            for step in stage.steps:
+                if step.kind == "backfill" and step.table is not None:
+                    ck = journal.load_checkpoint(step.table)
+                    if ck is not None:
+                        checkpoints[str(step.table)] = dataclasses.asdict(ck)
+        return {
+            "matrix": matrix,
+            "backfill": checkpoints,
+            "anomalies": [dataclasses.asdict(a) for a in journal.anomalies()],
+            "errors": [dataclasses.asdict(r) for r in journal.status_rows() if r.last_error],
+        }
+
+
+__all__ = ["APPLICABLE", "ApplyResult", "StepFailed", "apply_stage", "rollback_to", "status"]
