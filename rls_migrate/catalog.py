@@ -83,14 +83,17 @@ class QualifiedName:
 
 def split_qualified(text: str) -> list[str]:
     """Split a possibly quoted, dot-separated name the way PostgreSQL reads it: quoted
-    parts keep their case (``""`` is a quote), unquoted parts fold to lower case."""
+    parts keep their case (``""`` is a quote), unquoted parts fold ASCII letters to lower
+    case."""
     parts: list[str] = []
     current: list[str] = []
-    seen_any = False
+    seen_any = quoted = False
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
         if ch == '"':
+            if seen_any:
+                raise ValueError(f"quote in the middle of a name in {text!r}")
             j = i + 1
             while True:
                 if j >= n:
@@ -103,13 +106,15 @@ def split_qualified(text: str) -> list[str]:
                     break
                 current.append(text[j])
                 j += 1
-            seen_any = True
+            if j == i + 1:
+                raise ValueError(f"zero-length quoted name in {text!r}")
+            seen_any = quoted = True
             i = j + 1
         elif ch == ".":
             if not seen_any:
                 raise ValueError(f"empty name part in {text!r}")
             parts.append("".join(current))
-            current, seen_any = [], False
+            current, seen_any, quoted = [], False, False
             i += 1
         elif ch.isspace() and not seen_any:
             i += 1
@@ -120,7 +125,10 @@ def split_qualified(text: str) -> list[str]:
                 raise ValueError(f"unquoted blank in name {text!r} (quote it)")
             i += len(text[i:]) - len(rest)
         else:
-            current.append(ch.lower())
+            if quoted:
+                raise ValueError(f"text after a quoted name in {text!r}")
+            # PostgreSQL folds only ASCII letters (in UTF-8 databases): ÄBC is "Äbc".
+            current.append(ch.lower() if ch.isascii() else ch)
             seen_any = True
             i += 1
     if not seen_any:
@@ -615,8 +623,8 @@ class _Loader:
             if r["relkind"] in ("v", "m"):
                 views[qname] = View(
                     qname, "view" if r["relkind"] == "v" else "materialized", r["owner"],
-                    options.get("security_invoker", "false") in ("true", "on", "1"),
-                    options.get("security_barrier", "false") in ("true", "on", "1"),
+                    _bool_option(options.get("security_invoker")),
+                    _bool_option(options.get("security_barrier")),
                     r["viewdef"] or "", tuple(sorted(view_deps.get(r["oid"], ()))))
                 continue
             oid = r["oid"]
@@ -646,12 +654,19 @@ class _Loader:
                 seq_scans=r["seq_scan"],
                 n_dead_tup=r["n_dead_tup"],
             )
-        # A partitioned parent's estimate is the sum of its partitions'.
+        # A partitioned parent stores nothing: its size is the sum of its partitions' (also
+        # once ANALYZE gave it an estimate of its own), and so is its estimate until then.
+        def totals(table: Table) -> tuple[int, int]:
+            if not table.is_partitioned:
+                return table.row_estimate, table.size_bytes
+            parts = [totals(tables[p]) for p in table.partitions if p in tables]
+            return sum(rows for rows, _ in parts), sum(size for _, size in parts)
+
         for qname, table in list(tables.items()):
-            if table.is_partitioned and table.row_estimate == 0:
-                total = sum(tables[p].row_estimate for p in table.partitions if p in tables)
-                size = sum(tables[p].size_bytes for p in table.partitions if p in tables)
-                tables[qname] = dataclasses.replace(table, row_estimate=total, size_bytes=size)
+            if table.is_partitioned:
+                rows, size = totals(table)
+                tables[qname] = dataclasses.replace(
+                    table, row_estimate=table.row_estimate or rows, size_bytes=size)
         settings = dict(info["settings"] or {})
         del conn
         return Catalog(
@@ -677,3 +692,11 @@ def _reloptions(options: Iterable[str] | None) -> dict[str, str]:
         key, _, value = opt.partition("=")
         result[key] = value.lower()
     return result
+
+
+def _bool_option(value: str | None) -> bool:
+    """A boolean reloption as PostgreSQL's ``parse_bool`` reads it: stored as written, so
+    ``security_invoker = yes`` is ``yes`` (and ``tr``, ``y``, ``on``, ``1`` are true too)."""
+    if not value:
+        return False
+    return "true".startswith(value) or "yes".startswith(value) or value in ("on", "1")

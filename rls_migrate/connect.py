@@ -54,6 +54,36 @@ def _first_line(exc: BaseException) -> str:
     return re.sub(r"^connection (to server .*? )?failed: ", "", line)
 
 
+_PASSWORD_PATTERNS = (
+    re.compile(r"^\s*postgres(?:ql)?://[^@/?#]*?:([^@/?#]*)@"),  # postgresql://u:PW@host
+    re.compile(r"[?&]password=([^&#]*)"),  # postgresql://host/db?password=PW
+    re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"),  # password=PW
+)
+
+
+def _redact(message: str, dsn: str) -> str:
+    """``message`` without the password of ``dsn``. libpq quotes the text it cannot parse,
+    an unparseable URI whole (``in URI: "postgresql://u:secret@[bad"``), so the password
+    is masked inside quoted parts of the message."""
+    secrets = {
+        value
+        for pattern in _PASSWORD_PATTERNS
+        for match in pattern.finditer(dsn)
+        for value in (match.group(1), match.group(1).strip("'"))
+        if value
+    }
+    if not secrets:
+        return message
+
+    def mask(quoted: re.Match[str]) -> str:
+        text = quoted.group(0)
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    return re.sub(r'"[^"]*"', mask, message)
+
+
 def connect(
     dsn: str,
     *,
@@ -68,7 +98,7 @@ def connect(
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(
-            f"the DSN is not a valid connection string: {_first_line(exc)}"
+            f"the DSN is not a valid connection string: {_redact(_first_line(exc), dsn)}"
         ) from None
     try:
         conn = psycopg.connect(
@@ -78,7 +108,7 @@ def connect(
             connect_timeout=connect_timeout,
         )
     except psycopg.OperationalError as exc:
-        reason = _first_line(exc)
+        reason = _redact(_first_line(exc), dsn)
         hint = ""
         if "password authentication failed" in reason:
             hint = " (check the user and password)"

@@ -278,8 +278,12 @@ class Playbook(Strict):
     @classmethod
     def _dsn_env(cls, value: str) -> str:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            # Never echo what looks like a DSN: it may hold a password, and this message
+            # ends up in terminals and CI logs.
+            got = ("what looks like a connection string (not shown: it may hold a password)"
+                   if "://" in value or "=" in value or "@" in value else repr(value))
             raise ValueError(
-                f"expected the NAME of an environment variable (never a DSN), got {value!r}")
+                f"expected the NAME of an environment variable (never a DSN), got {got}")
         return value
 
     @field_validator("tables")
@@ -425,7 +429,8 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     import typing
 
     model: Any = Playbook
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
         field = model.model_fields.get(str(part))
@@ -433,7 +438,10 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
             return []
         annotation = field.annotation
         if typing.get_origin(annotation) is dict:
+            # The next part is the dict's key (a table name), not a field.
             model = typing.get_args(annotation)[1]
+            if next(parts, None) is None:
+                return []
             continue
         model = annotation
     if isinstance(model, type) and issubclass(model, BaseModel):

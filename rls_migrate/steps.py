@@ -116,7 +116,7 @@ class Step:
     statements: tuple[sql.Composable, ...]
     lock: Lock = Lock.NONE
     transactional: bool = True
-    done_check: sql.Composable | None = None
+    done_check: Query | None = None
     inverse: tuple[sql.Composable, ...] = ()
     inverse_transactional: bool = True
     inverse_lock: Lock = Lock.NONE

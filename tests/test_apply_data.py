@@ -61,7 +61,7 @@ def tenant_columns(dsn: str) -> dict[str, tuple[int, bool]]:
             " AND attnum > 0 AND NOT attisdropped AND attrelid IN (SELECT oid FROM pg_class"
             " WHERE relnamespace = 'public'::regnamespace AND NOT relispartition)"
         ).fetchall():
-            nulls = conn.execute(f"SELECT count(*) FROM {table} WHERE tenant_id IS NULL"  # noqa: S608  # catalog-quoted name
+            nulls = conn.execute(f"SELECT count(*) FROM {table} WHERE tenant_id IS NULL"  # catalog-quoted name
                                  ).fetchone()
             notnull = conn.execute(
                 "SELECT attnotnull FROM pg_attribute WHERE attrelid = %s::regclass"

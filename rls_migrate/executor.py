@@ -1,0 +1,894 @@
+"""The executor: runs a stage's steps against a live database without taking it down.
+
+For every step, in order:
+
+* **already done?** its ``done_check`` (a one-boolean query, in a read-only transaction)
+  says so, or, for a step without one, the journal does: the step is journaled ``skipped``;
+* **transactional steps** run in one short transaction that starts with
+  ``set_config('lock_timeout', ..., true)`` and ``set_config('statement_timeout', ..., true)``
+  (``Options.lock_timeout``, ``Options.ddl_statement_timeout``). Setting both at the start
+  of *every* attempt is what bounds each wait: a timeout set once and lost with the first
+  rolled-back transaction would let the second attempt queue forever behind a long
+  transaction, and every application query on the table would queue behind it;
+* **non-transactional steps** (``CREATE INDEX CONCURRENTLY``) run in autocommit with
+  session-level timeouts set before every attempt and restored after it.
+  ``statement_timeout`` is ``Options.statement_timeout`` (0: none, a build can take hours);
+  ``lock_timeout`` applies only when the step takes a strong lock: a weak lock (SHARE UPDATE
+  EXCLUSIVE) blocks no application query while it waits, and a CIC must be able to wait
+  for older transactions;
+* **retries**: a lock timeout rolls back and retries after a jittered exponential backoff
+  (full jitter, ``backoff_initial * 2**n`` capped at ``backoff_max``), up to
+  ``Options.retries`` times; deadlocks and serialization failures a few times. A step that
+  gives up raises :class:`~rls_migrate.errors.StepFailed` naming the table, the lock, the
+  attempts and the sessions holding conflicting locks;
+* every outcome is journaled (``done``/``skipped``/``failed``/``interrupted``) with its
+  timings and attempts, and logged (structlog); Ctrl-C cancels the running statement, rolls
+  back, journals ``interrupted`` and raises :class:`Interrupted` (exit code 130).
+
+Kind handlers
+-------------
+A step kind can bring its own runner (the backfill does: batches, checkpoints, adaptive
+size). Register a function ``(executor, step) -> StepOutcome``::
+
+    @Executor.register("backfill")
+    def run_backfill(executor: Executor, step: Step) -> StepOutcome: ...
+
+The contract:
+
+* it is called only when the step is not already done (the executor evaluated the
+  ``done_check`` and the journal first) and never in a dry run;
+* on entry ``executor.conn`` is idle and in autocommit; the handler must leave it idle;
+* each unit of work should go through :meth:`Executor.run_in_transaction`, which sets the
+  timeouts at the start of every attempt and retries lock timeouts, deadlocks and
+  serialization failures with backoff (its cursor is the one to pass to
+  :func:`rls_migrate.journal.record_batch` / :func:`~rls_migrate.journal.save_checkpoint`,
+  so a batch and its checkpoint commit together);
+* it returns a :class:`StepOutcome` (``StepOutcome.finish(step, "done", started=...,
+  attempts=..., details=...)``); the executor journals it: a handler never journals the step
+  itself;
+* it signals failure by raising :class:`~rls_migrate.errors.StepFailed` (any other
+  ``psycopg.Error`` is wrapped into one); a ``KeyboardInterrupt`` must propagate;
+* it may report progress with ``executor.progress.step_advance(step, completed, total)``
+  when ``executor.progress`` is set, and log with ``executor.log``.
+
+``Executor.before_retry_hooks[kind]`` is called as ``(executor, step, error)`` before each
+retry of a step of that kind (e.g. drop the INVALID index a failed CIC left, with
+:func:`drop_invalid_index`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, TextIO, TypeAlias, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
+from structlog.typing import FilteringBoundLogger
+
+from rls_migrate import logs
+from rls_migrate.catalog import QualifiedName
+from rls_migrate.errors import RlsMigrateError, StepFailed
+from rls_migrate.journal import Journal
+from rls_migrate.playbook import Options
+from rls_migrate.steps import Lock, StagePlan, Step
+
+T = TypeVar("T")
+Conn: TypeAlias = psycopg.Connection[Any]
+KindHandler: TypeAlias = Callable[["Executor", Step], "StepOutcome"]
+RetryHook: TypeAlias = Callable[["Executor", Step, BaseException], None]
+
+TRANSIENT_RETRIES = 3
+"""Retries after a deadlock or a serialization failure (lock timeouts use Options.retries)."""
+
+_RETRY_ON_LOCK = (psycopg.errors.LockNotAvailable,)
+_RETRY_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+# pg_locks modes each mode conflicts with (PostgreSQL docs, "Table-Level Lock Modes").
+_ALL_MODES = frozenset({
+    "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
+    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
+})
+_CONFLICTS: dict[str, frozenset[str]] = {
+    "AccessShareLock": frozenset({"AccessExclusiveLock"}),
+    "RowShareLock": frozenset({"ExclusiveLock", "AccessExclusiveLock"}),
+    "RowExclusiveLock": frozenset(
+        {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}),
+    "ShareUpdateExclusiveLock": frozenset(
+        {"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
+         "AccessExclusiveLock"}),
+    "ShareLock": frozenset(
+        {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock",
+         "ExclusiveLock", "AccessExclusiveLock"}),
+    "ShareRowExclusiveLock": _ALL_MODES - {"AccessShareLock", "RowShareLock"},
+    "ExclusiveLock": _ALL_MODES - {"AccessShareLock"},
+    "AccessExclusiveLock": _ALL_MODES,
+}
+
+
+class Interrupted(RlsMigrateError):
+    """Ctrl-C during a step: the statement was cancelled, the step rolled back and
+    journaled ``interrupted``; running the same command again resumes."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, step_id: str | None = None,
+                 stage: str | None = None) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.stage = stage
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """What happened to one step. ``outcome``: ``done``, ``skipped``, ``failed``,
+    ``interrupted``, ``undone``, or ``would-run`` in a dry run."""
+
+    step_id: str
+    stage: str
+    kind: str
+    table: str | None
+    outcome: str
+    attempts: int
+    started: dt.datetime
+    finished: dt.datetime
+    duration_ms: float
+    error: str | None = None
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def finish(
+        cls,
+        step: Step,
+        outcome: str,
+        *,
+        started: dt.datetime,
+        attempts: int = 1,
+        error: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> StepOutcome:
+        """An outcome that ends now."""
+        finished = _now()
+        return cls(
+            step_id=step.id, stage=step.stage, kind=step.kind,
+            table=None if step.table is None else str(step.table), outcome=outcome,
+            attempts=attempts, started=started, finished=finished,
+            duration_ms=(finished - started).total_seconds() * 1000.0, error=error,
+            details=dict(details or {}),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """The outcomes of one stage run (or rollback), in the order the steps ran."""
+
+    stage: str
+    outcomes: tuple[StepOutcome, ...] = ()
+    dry_run: bool = False
+
+    def _count(self, outcome: str) -> int:
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+    @property
+    def done(self) -> int:
+        return self._count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
+
+    @property
+    def undone(self) -> int:
+        return self._count("undone")
+
+    @property
+    def would_run(self) -> list[str]:
+        """Dry run: the ids of the steps that would run."""
+        return [o.step_id for o in self.outcomes if o.outcome == "would-run"]
+
+    @property
+    def duration_ms(self) -> float:
+        return sum(o.duration_ms for o in self.outcomes)
+
+    def outcome(self, step_id: str) -> StepOutcome:
+        for o in self.outcomes:
+            if o.step_id == step_id:
+                return o
+        raise KeyError(step_id)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ProgressHook(Protocol):
+    """What the executor tells a progress display."""
+
+    def stage_started(self, stage: str, total: int) -> None: ...
+
+    def step_started(self, step: Step) -> None: ...
+
+    def step_advance(self, step: Step, completed: float, total: float | None) -> None: ...
+
+    def step_finished(self, step: Step, outcome: str) -> None: ...
+
+    def stage_finished(self, stage: str) -> None: ...
+
+
+class RichProgress:
+    """A ``rich`` progress bar per stage (advanced per step) and, for steps that report
+    their own progress (a backfill's rows), a bar per step. Use as a context manager."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskID,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(file=stream if stream is not None else sys.stderr),
+        )
+        self._stages: dict[str, TaskID] = {}
+        self._steps: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def stage_started(self, stage: str, total: int) -> None:
+        self._stages[stage] = self._progress.add_task(stage, total=total)
+
+    def step_started(self, step: Step) -> None:
+        task = self._stages.get(step.stage)
+        if task is not None:
+            self._progress.update(task, description=f"{step.stage}: {step.id}")
+
+    def step_advance(self, step: Step, completed: float, total: float | None) -> None:
+        task = self._steps.get(step.id)
+        if task is None:
+            task = self._steps[step.id] = self._progress.add_task(f"  {step.id}", total=total)
+        self._progress.update(task, completed=completed, total=total)
+
+    def step_finished(self, step: Step, outcome: str) -> None:
+        task = self._stages.get(step.stage)
+        if task is not None:
+            self._progress.advance(task)
+        step_task = self._steps.pop(step.id, None)
+        if step_task is not None:
+            self._progress.remove_task(step_task)
+
+    def stage_finished(self, stage: str) -> None:
+        task = self._stages.get(stage)
+        if task is not None:
+            self._progress.update(task, description=stage)
+
+
+def make_progress(stream: TextIO | None = None) -> RichProgress | None:
+    """A progress display, or None when it would garble the output: JSON logs, or a stream
+    that is not a terminal."""
+    out = stream if stream is not None else sys.stderr
+    if logs.log_format() == "json":
+        return None
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return RichProgress(out) if tty else None
+
+
+# --------------------------------------------------------------------------- lock holders
+
+
+def lock_holders(
+    conn: Conn, table_qname: QualifiedName | str, *, conflicting_with: Lock | None = None
+) -> list[dict[str, Any]]:
+    """Sessions other than ours holding a granted lock on ``table_qname``, oldest
+    transaction first: pid, mode, application_name, usename, client_addr, state,
+    xact_age_ms, query. With ``conflicting_with``, only the locks that conflict with it
+    (all of them if none does: a step may take more than it declares)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT l.pid, l.mode, l.virtualtransaction, a.application_name, a.usename, "
+            "       a.client_addr::text AS client_addr, a.state, a.backend_start, "
+            "       extract(epoch FROM clock_timestamp() - a.xact_start) * 1000 "
+            "         AS xact_age_ms, "
+            "       left(a.query, 200) AS query "
+            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'relation' AND l.granted "
+            "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "  AND l.relation = to_regclass(%s) "
+            "  AND l.pid IS DISTINCT FROM pg_backend_pid() "
+            "ORDER BY a.xact_start NULLS LAST, l.pid",
+            [str(table_qname)],
+        )
+        holders = cur.fetchall()
+    if conflicting_with is not None and conflicting_with is not Lock.NONE:
+        wanted = _CONFLICTS.get(conflicting_with.pg_mode, _ALL_MODES)
+        conflicting = [h for h in holders if h["mode"] in wanted]
+        if conflicting:
+            return conflicting
+    return holders
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """``pid 4242 ('worker', user 'app', idle in transaction, transaction open 12.3 s,
+    holds AccessShareLock): 'SELECT ...'``."""
+    if holder.get("pid") is None:
+        return (f"a prepared transaction ({holder.get('virtualtransaction')}, "
+                f"holds {holder.get('mode')}): see pg_prepared_xacts")
+    age = holder.get("xact_age_ms")
+    open_for = f", transaction open {float(age) / 1000:.1f} s" if age is not None else ""
+    query = holder.get("query") or ""
+    return (
+        f"pid {holder['pid']} ({holder.get('application_name') or ''!r}, "
+        f"user {holder.get('usename')!r}, {holder.get('state') or 'state unknown'}{open_for}, "
+        f"holds {holder.get('mode')}): {query[:120]!r}"
+    )
+
+
+def drop_invalid_index(conn: Conn, schema: str, name: str) -> bool:
+    """Drop ``schema.name`` concurrently if it exists and is INVALID (what a failed or
+    interrupted ``CREATE INDEX CONCURRENTLY`` leaves). ``conn`` must be in autocommit.
+    Returns whether it dropped one."""
+    row = conn.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        [schema, name],
+    ).fetchone()
+    if not row or not row[0]:
+        return False
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+    )
+    return True
+
+
+# --------------------------------------------------------------------------- the executor
+
+
+def _ms_setting(ms: float) -> str:
+    """A duration for lock_timeout/statement_timeout; 0 disables it, and a positive value
+    never rounds down to 0 (which would disable it too)."""
+    if ms <= 0:
+        return "0"
+    return f"{max(1, round(ms))}ms"
+
+
+def _query(statement: sql.Composable) -> sql.SQL | sql.Composed:
+    """Steps hold any ``Composable``; psycopg executes ``SQL`` or ``Composed``."""
+    if isinstance(statement, sql.SQL | sql.Composed):
+        return statement
+    return sql.Composed([statement])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclasses.dataclass
+class _Trace:
+    """Attempts of the step being run, for the journal and the failure message."""
+
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.attempts)
+
+
+class Executor:
+    """Runs steps on ``conn`` (autocommit, idle between steps) and journals them.
+
+    ``sleep`` and ``rng`` are injectable so tests can observe the backoff.
+    """
+
+    kind_handlers: ClassVar[dict[str, KindHandler]] = {}
+    """Step kind -> custom runner (see the module docstring for the contract)."""
+    before_retry_hooks: ClassVar[dict[str, RetryHook]] = {}
+    """Step kind -> called as ``(executor, step, error)`` before each retry."""
+
+    def __init__(
+        self,
+        conn: Conn,
+        options: Options,
+        journal: Journal,
+        *,
+        logger: FilteringBoundLogger | None = None,
+        progress: ProgressHook | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        handlers: Mapping[str, KindHandler] | None = None,
+        retry_hooks: Mapping[str, RetryHook] | None = None,
+    ) -> None:
+        if not conn.autocommit:
+            raise ValueError(
+                "the executor needs an autocommit connection: it opens its own short "
+                "transactions, and CREATE INDEX CONCURRENTLY cannot run inside one"
+            )
+        self.conn = conn
+        self.options = options
+        self.journal = journal
+        self.log = logger if logger is not None else logs.get_logger()
+        self.progress = progress
+        self.sleep = sleep
+        self.rng = rng if rng is not None else random.Random()
+        self._handlers = dict(handlers or {})
+        self._retry_hooks = dict(retry_hooks or {})
+        self.last_result: StageResult | None = None
+        """The outcomes so far of the current or last run: after StepFailed or
+        Interrupted, what had been done before it."""
+
+    # -- registry
+
+    @classmethod
+    def register(cls, kind: str) -> Callable[[KindHandler], KindHandler]:
+        """Decorator: ``@Executor.register("backfill")`` makes a function the runner of a
+        step kind, for every executor."""
+        def decorate(handler: KindHandler) -> KindHandler:
+            cls.kind_handlers[kind] = handler
+            return handler
+        return decorate
+
+    def handler_for(self, kind: str) -> KindHandler | None:
+        return self._handlers.get(kind) or type(self).kind_handlers.get(kind)
+
+    def retry_hook_for(self, kind: str) -> RetryHook | None:
+        return self._retry_hooks.get(kind) or type(self).before_retry_hooks.get(kind)
+
+    # -- timeouts
+
+    def lock_timeout_for(self, lock: Lock, transactional: bool) -> float:
+        """Transactions are short by design, so they always get lock_timeout; outside a
+        transaction (CIC) only strong locks do (see the module docstring)."""
+        if transactional or lock.is_strong:
+            return self.options.lock_timeout
+        return 0.0
+
+    def statement_timeout_for(self, transactional: bool) -> float:
+        return self.options.ddl_statement_timeout if transactional else (
+            self.options.statement_timeout)
+
+    @staticmethod
+    def _set_timeouts(db: Conn | psycopg.Cursor[Any], lock_ms: float, statement_ms: float,
+                      *, local: bool) -> None:
+        db.execute(
+            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+            [_ms_setting(lock_ms), local, _ms_setting(statement_ms), local],
+        )
+
+    @contextlib.contextmanager
+    def _session_timeouts(self, lock_ms: float, statement_ms: float) -> Iterator[None]:
+        """Session-level timeouts for one autocommit attempt, then the previous values."""
+        row = self.conn.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        ).fetchone()
+        assert row is not None
+        self._set_timeouts(self.conn, lock_ms, statement_ms, local=False)
+        restore = [row[0], row[1]]
+        try:
+            yield
+        except BaseException:
+            # Best effort: the original error matters more than a failed restore.
+            with contextlib.suppress(psycopg.Error):
+                self._restore(restore)
+            raise
+        self._restore(restore)
+
+    def _restore(self, values: Sequence[str]) -> None:
+        self.conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('statement_timeout', %s, false)",
+            list(values),
+        )
+
+    def backoff_ms(self, retry: int) -> float:
+        """Full jitter: uniform in [0, min(backoff_max, backoff_initial * 2**retry)]."""
+        cap = min(self.options.backoff_max, self.options.backoff_initial * 2.0 ** min(retry, 60))
+        return self.rng.uniform(0.0, cap)
+
+    # -- retries
+
+    def _retrying(
+        self,
+        step: Step,
+        attempt: Callable[[], T],
+        *,
+        lock: Lock,
+        lock_ms: float,
+        trace: _Trace,
+        action: str = "run",
+    ) -> T:
+        """Call ``attempt`` until it succeeds, retrying lock timeouts (Options.retries
+        times) and deadlocks / serialization failures (TRANSIENT_RETRIES times)."""
+        lock_retries = transient_retries = 0
+        while True:
+            t0 = time.monotonic()
+            error: psycopg.Error
+            try:
+                result = attempt()
+            except _RETRY_ON_LOCK as exc:
+                error = exc
+                trace.attempts.append(
+                    {"ms": (time.monotonic() - t0) * 1000.0, "error": "lock_timeout"})
+                if lock_retries >= self.options.retries:
+                    raise StepFailed(
+                        self._lock_failure_message(step, lock, lock_ms, trace, action)
+                    ) from exc
+                lock_retries += 1
+            except _RETRY_TRANSIENT as exc:
+                error = exc
+                trace.attempts.append({"ms": (time.monotonic() - t0) * 1000.0,
+                                       "error": type(exc).__name__})
+                if transient_retries >= TRANSIENT_RETRIES:
+                    raise StepFailed(
+                        f"step {step.id} ({action}) failed after {trace.count} attempts: "
+                        f"{_first_line(exc)}"
+                    ) from exc
+                transient_retries += 1
+            except BaseException as exc:
+                # Not retried (an error, Ctrl-C): the attempt still counts.
+                trace.attempts.append({"ms": (time.monotonic() - t0) * 1000.0,
+                                       "error": type(exc).__name__})
+                raise
+            else:
+                trace.attempts.append({"ms": (time.monotonic() - t0) * 1000.0, "error": None})
+                return result
+            delay = self.backoff_ms(lock_retries + transient_retries - 1)
+            self.log.info(
+                "step.retry", step=step.id, action=action, attempt=trace.count,
+                error=type(error).__name__, waited_ms=round(trace.attempts[-1]["ms"], 1),
+                lock_timeout_ms=lock_ms, backoff_ms=round(delay, 1),
+            )
+            self.sleep(delay / 1000.0)
+            hook = self.retry_hook_for(step.kind)
+            if hook is not None:
+                hook(self, step, error)
+
+    def _lock_failure_message(
+        self, step: Step, lock: Lock, lock_ms: float, trace: _Trace, action: str
+    ) -> str:
+        where = f"on {step.table}" if step.table is not None else "it needs"
+        text = (
+            f"step {step.id} ({action}) gave up: could not take the {lock.label} lock "
+            f"{where} within lock_timeout {_ms_setting(lock_ms)} in {trace.count} attempts"
+        )
+        if lock.is_strong:
+            text += f" (while waiting it blocks {lock.blocks.split(';')[0]})"
+        if step.table is None:
+            return text + ". Raise options.retries or options.lock_timeout, or retry later."
+        try:
+            holders = lock_holders(self.conn, step.table, conflicting_with=lock)
+        except psycopg.Error as exc:
+            return text + f". (Could not list the lock holders: {_first_line(exc)}.)"
+        if not holders:
+            return text + (". No other session holds a lock on the table now: the blocker "
+                           "has finished, so running the stage again should succeed.")
+        listed = "; ".join(describe_holder(h) for h in holders[:5])
+        more = f" and {len(holders) - 5} more" if len(holders) > 5 else ""
+        pids = [h["pid"] for h in holders if h.get("pid") is not None]
+        end = (f" or end it with SELECT pg_terminate_backend({pids[0]})" if pids else "")
+        return (
+            text + f". Held by: {listed}{more}. Let that transaction finish{end}, then run the "
+            f"stage again; options.lock_timeout and options.retries set the patience."
+        )
+
+    # -- public building blocks for handlers
+
+    def run_in_transaction(
+        self,
+        step: Step,
+        body: Callable[[psycopg.Cursor[Any]], T],
+        *,
+        lock: Lock | None = None,
+        lock_timeout_ms: float | None = None,
+        statement_timeout_ms: float | None = None,
+        action: str = "run",
+    ) -> tuple[T, int]:
+        """Run ``body(cursor)`` in one transaction that starts by setting lock_timeout and
+        statement_timeout (locally), retrying with backoff on lock timeouts, deadlocks and
+        serialization failures. Returns ``(body's result, attempts)``."""
+        lock = step.lock if lock is None else lock
+        lock_ms = self.options.lock_timeout if lock_timeout_ms is None else lock_timeout_ms
+        statement_ms = (self.options.ddl_statement_timeout if statement_timeout_ms is None
+                        else statement_timeout_ms)
+        trace = _Trace()
+
+        def attempt() -> T:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                self._set_timeouts(cur, lock_ms, statement_ms, local=True)
+                return body(cur)
+
+        result = self._retrying(step, attempt, lock=lock, lock_ms=lock_ms, trace=trace,
+                                action=action)
+        return result, trace.count
+
+    def _execute(
+        self,
+        step: Step,
+        statements: Sequence[sql.Composable],
+        *,
+        transactional: bool,
+        lock: Lock,
+        trace: _Trace,
+        action: str,
+    ) -> None:
+        lock_ms = self.lock_timeout_for(lock, transactional)
+        statement_ms = self.statement_timeout_for(transactional)
+        if transactional:
+            def attempt() -> None:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    self._set_timeouts(cur, lock_ms, statement_ms, local=True)
+                    for statement in statements:
+                        cur.execute(_query(statement))
+        else:
+            def attempt() -> None:
+                with self._session_timeouts(lock_ms, statement_ms):
+                    for statement in statements:
+                        self.conn.execute(_query(statement))
+
+        self._retrying(step, attempt, lock=lock, lock_ms=lock_ms, trace=trace, action=action)
+
+    def _already_done(self, step: Step, trace: _Trace) -> str | None:
+        """Why the step need not run (``done_check`` / ``journal``), or None."""
+        if step.done_check is None:
+            return "journal" if self.journal.step_status(step.id) == "done" else None
+        check = step.done_check
+
+        def evaluate(cur: psycopg.Cursor[Any]) -> bool:
+            cur.execute(_query(check))
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+        def attempt() -> bool:
+            # Read only: evaluating a check (and a dry run) must never change anything.
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                self._set_timeouts(cur, self.options.lock_timeout,
+                                   self.options.ddl_statement_timeout, local=True)
+                return evaluate(cur)
+
+        try:
+            done = self._retrying(step, attempt, lock=Lock.ACCESS_SHARE,
+                                  lock_ms=self.options.lock_timeout, trace=trace,
+                                  action="done check")
+        except psycopg.Error as exc:
+            raise StepFailed(self._error_message(step, exc, "done check")) from exc
+        return "done_check" if done else None
+
+    # -- stages
+
+    def run(self, stage_plan: StagePlan, *, dry_run: bool = False) -> StageResult:
+        """Run a stage's steps in order, skipping those already done. ``dry_run``:
+        evaluate the done checks only, execute and journal nothing."""
+        return self._run_steps(stage_plan.name, stage_plan.steps, dry_run=dry_run,
+                               rollback=False)
+
+    def rollback(self, stage_plan: StagePlan, *, dry_run: bool = False) -> StageResult:
+        """Undo a stage: run the inverses of the steps the journal has as ``done``, in
+        reverse order, with the same lock care; journal them ``undone``. Steps without an
+        inverse stay as they are (outcome ``skipped``, not journaled)."""
+        return self._run_steps(stage_plan.name, tuple(reversed(stage_plan.steps)),
+                               dry_run=dry_run, rollback=True)
+
+    def _run_steps(self, stage: str, steps: Sequence[Step], *, dry_run: bool,
+                   rollback: bool) -> StageResult:
+        label = f"rollback {stage}" if rollback else stage
+        outcomes: list[StepOutcome] = []
+        self.last_result = StageResult(label, (), dry_run)
+        self.log.info("stage.start", stage=label, steps=len(steps), dry_run=dry_run)
+        if self.progress is not None:
+            self.progress.stage_started(stage, len(steps))
+        for step in steps:
+            if self.progress is not None:
+                self.progress.step_started(step)
+            if rollback:
+                outcome = self._undo_one(step, dry_run=dry_run)
+            else:
+                outcome = self._run_one(step, dry_run=dry_run)
+            outcomes.append(outcome)
+            self.last_result = StageResult(label, tuple(outcomes), dry_run)
+            if self.progress is not None:
+                self.progress.step_finished(step, outcome.outcome)
+        if self.progress is not None:
+            self.progress.stage_finished(stage)
+        result = StageResult(label, tuple(outcomes), dry_run)
+        self.log.info("stage.done", stage=label, done=result.done, skipped=result.skipped,
+                      undone=result.undone, would_run=len(result.would_run),
+                      ms=round(result.duration_ms, 1))
+        return result
+
+    def _run_one(self, step: Step, *, dry_run: bool) -> StepOutcome:
+        started = _now()
+        trace = _Trace()
+        log = self.log.bind(step=step.id, stage=step.stage, kind=step.kind,
+                            table=None if step.table is None else str(step.table))
+        with self._guard(step, started, trace, log, dry_run=dry_run, action="run"):
+            reason = self._already_done(step, trace)
+            if reason is not None:
+                outcome = StepOutcome.finish(step, "skipped", started=started, attempts=0,
+                                             details={"reason": reason})
+                log.info("step.skipped", reason=reason)
+                if not dry_run:
+                    self._record(step, outcome)
+                return outcome
+            if dry_run:
+                log.info("step.would_run", lock=step.lock.label)
+                return StepOutcome.finish(step, "would-run", started=started, attempts=0)
+            log.info("step.start", lock=step.lock.label, transactional=step.transactional)
+            handler = self.handler_for(step.kind)
+            if handler is not None:
+                outcome = handler(self, step)
+                self._ensure_idle(step)
+            else:
+                trace.attempts.clear()  # done-check attempts are not the step's
+                self._execute(step, step.statements, transactional=step.transactional,
+                              lock=step.lock, trace=trace, action="run")
+                outcome = StepOutcome.finish(
+                    step, "done", started=started, attempts=trace.count,
+                    details={"attempt_ms": [round(a["ms"], 1) for a in trace.attempts],
+                             "lock_timeout_ms": self.lock_timeout_for(step.lock,
+                                                                      step.transactional)},
+                )
+            self._record(step, outcome)
+            log.info(f"step.{outcome.outcome}", attempts=outcome.attempts,
+                     ms=round(outcome.duration_ms, 1))
+            return outcome
+        raise AssertionError("unreachable")  # _guard re-raises  # pragma: no cover
+
+    def _undo_one(self, step: Step, *, dry_run: bool) -> StepOutcome:
+        started = _now()
+        trace = _Trace()
+        log = self.log.bind(step=step.id, stage=step.stage, kind=step.kind,
+                            table=None if step.table is None else str(step.table))
+        status = self.journal.step_status(step.id)
+        if status != "done" or not step.inverse:
+            reason = "no inverse" if status == "done" else "not done"
+            log.info("step.undo_skipped", reason=reason, status=status)
+            return StepOutcome.finish(step, "skipped", started=started, attempts=0,
+                                      details={"reason": reason})
+        if dry_run:
+            return StepOutcome.finish(step, "would-run", started=started, attempts=0)
+        with self._guard(step, started, trace, log, dry_run=False, action="rollback"):
+            log.info("step.undo", lock=step.inverse_lock.label)
+            self._execute(step, step.inverse, transactional=step.inverse_transactional,
+                          lock=step.inverse_lock, trace=trace, action="rollback")
+            outcome = StepOutcome.finish(
+                step, "undone", started=started, attempts=trace.count,
+                details={"attempt_ms": [round(a["ms"], 1) for a in trace.attempts]},
+            )
+            self._record(step, outcome)
+            log.info("step.undone", attempts=outcome.attempts, ms=round(outcome.duration_ms, 1))
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- failure handling
+
+    @contextlib.contextmanager
+    def _guard(self, step: Step, started: dt.datetime, trace: _Trace,
+               log: FilteringBoundLogger, *, dry_run: bool, action: str) -> Iterator[None]:
+        """Journal ``failed``/``interrupted`` and raise the typed error."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            # psycopg has already asked the server to cancel the running statement.
+            self._recover_connection()
+            if not dry_run:
+                self._record(step, StepOutcome.finish(
+                    step, "interrupted", started=started, attempts=trace.count,
+                    error="interrupted (Ctrl-C)", details=self._details(trace)),
+                    quiet=True)
+            log.warning("step.interrupted", attempts=trace.count)
+            raise Interrupted(self._interrupted_message(step, action),
+                              step_id=step.id, stage=step.stage) from None
+        except StepFailed as exc:
+            self._fail(step, started, trace, log, exc.message, dry_run=dry_run)
+            raise
+        except psycopg.Error as exc:
+            message = self._error_message(step, exc, action)
+            self._fail(step, started, trace, log, message, dry_run=dry_run)
+            raise StepFailed(message) from exc
+        except Exception as exc:
+            # A bug (ours or a handler's): journal it, keep the traceback.
+            self._fail(step, started, trace, log, f"{type(exc).__name__}: {exc}",
+                       dry_run=dry_run)
+            raise
+
+    def _fail(self, step: Step, started: dt.datetime, trace: _Trace,
+              log: FilteringBoundLogger, message: str, *, dry_run: bool) -> None:
+        self._recover_connection()
+        log.error("step.failed", attempts=trace.count, error=message)
+        if not dry_run:
+            self._record(step, StepOutcome.finish(step, "failed", started=started,
+                                            attempts=trace.count, error=message,
+                                            details=self._details(trace)), quiet=True)
+
+    @staticmethod
+    def _details(trace: _Trace) -> dict[str, Any]:
+        return {"attempts": trace.attempts}
+
+    @staticmethod
+    def _error_message(step: Step, exc: psycopg.Error, action: str) -> str:
+        state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        text = f"step {step.id} ({action}) failed{state}: {_first_line(exc)}"
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            text += (" (statement_timeout: raise options.ddl_statement_timeout, or "
+                     "options.statement_timeout for non-transactional steps)")
+        return text
+
+    @staticmethod
+    def _interrupted_message(step: Step, action: str) -> str:
+        if action == "rollback":
+            again = "run the same rollback again (it undoes what is still done)"
+        else:
+            again = (f"run the same command again (rls-migrate apply <playbook> --stage "
+                     f"{step.stage}): steps already done are skipped")
+        partial = "" if step.transactional else (
+            " This step runs outside a transaction and may have left partial work (an "
+            "INVALID index, say) that the next run detects and redoes.")
+        return (
+            f"interrupted during step {step.id} ({step.stage}): its statement was cancelled "
+            f"and its transaction rolled back. Everything before it is in the journal, so "
+            f"the stage is resumable: {again}.{partial}"
+        )
+
+    def _recover_connection(self) -> None:
+        """Leave the connection idle after an error or a cancel."""
+        if self.conn.closed or self.conn.broken:
+            return
+        if self.conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
+
+    def _ensure_idle(self, step: Step) -> None:
+        if self.conn.info.transaction_status != TransactionStatus.IDLE:
+            self._recover_connection()
+            raise StepFailed(
+                f"step {step.id}: the {step.kind!r} handler left a transaction open "
+                "(it was rolled back); handlers must commit or roll back their own work"
+            )
+
+    def _record(self, step: Step, outcome: StepOutcome, *, quiet: bool = False) -> None:
+        try:
+            self.journal.record(step, outcome.outcome, outcome.attempts, outcome.started,
+                                outcome.finished, outcome.error, outcome.details,
+                                duration_ms=outcome.duration_ms)
+        except psycopg.Error as exc:
+            if not quiet:
+                raise
+            # Already failing: the step's own error matters more than the journal's.
+            self.log.error("journal.write_failed", step=outcome.step_id,
+                           error=_first_line(exc))
