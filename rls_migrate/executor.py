@@ -767,7 +767,7 @@ class Executor:
             log.info(f"step.{outcome.outcome}", attempts=outcome.attempts,
                      ms=round(outcome.duration_ms, 1))
             return outcome
-        raise AssertionError("unreachable")  # _guard re-raises  # pragma: no cover
+        raise AssertionError("unreachable: _guard re-raises")  # pragma: no cover
 
     def _undo_one(self, step: Step, *, dry_run: bool) -> StepOutcome:
         started = _now()
@@ -793,7 +793,7 @@ class Executor:
             self._record(step, outcome)
             log.info("step.undone", attempts=outcome.attempts, ms=round(outcome.duration_ms, 1))
             return outcome
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable: _guard re-raises")  # pragma: no cover
 
     # -- failure handling
 

@@ -106,16 +106,23 @@ def render_markdown(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def _comment(text: str) -> str:
+    """One ``--`` comment line: names from the catalog can hold line breaks, and a break in a
+    comment would turn the rest of the text into statements."""
+    return "-- " + " ".join(text.splitlines())
+
+
 def render_sql(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
     """A psql script. Transactional steps run in their own transaction under lock_timeout;
     CONCURRENTLY statements run outside any transaction. Backfills run as one UPDATE here:
     ``rls-migrate apply`` runs them in short batches instead."""
-    out = [f"-- rls-migrate plan for {catalog.database} (PostgreSQL {catalog.server_version})",
+    out = [_comment(f"rls-migrate plan for {catalog.database} "
+                    f"(PostgreSQL {catalog.server_version})"),
            "-- Run with: psql -v ON_ERROR_STOP=1 -f plan.sql", "\\set ON_ERROR_STOP on", ""]
     for stage in plan.stages:
         out.append(f"-- ===== stage {stage.name}")
         for step in stage.steps:
-            out.append(f"-- {step.id}: {step.description} [{step.lock.label}]")
+            out.append(_comment(f"{step.id}: {step.description} [{step.lock.label}]"))
             if step.backfill is not None:
                 out += ["-- one statement here; rls-migrate apply runs it in batches", "BEGIN;",
                         as_string(step.backfill.single_statement_sql, conn) + ";", "COMMIT;"]

@@ -17,12 +17,15 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from plan_helpers import execute, load_catalog, q, sample_factory, sample_playbook
+from psycopg import sql
 
 from rls_migrate import samples
+from rls_migrate.catalog import QualifiedName
 from rls_migrate.cli import cli
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import dump_playbook
-from rls_migrate.steps import STAGES
+from rls_migrate.render import render_sql
+from rls_migrate.steps import STAGES, Plan, StagePlan, Step
 from rls_migrate.testing import servers
 
 CLI = str(Path(sys.executable).with_name("rls-migrate"))
@@ -203,15 +206,14 @@ def test_sql_script_runs_with_psql_to_enforced_rls(
         assert len(rlsm_indexes) == len(builds)
         assert all(valid for _, valid in rlsm_indexes), rlsm_indexes
 
-        tenant_tables = [str(q(n)) for n in (
-            samples.TENANT_ROOT, *samples.DIRECT_TABLES, *samples.DERIVED_TABLES,
-            *samples.HINT_TABLES)]
+        protected = [samples.TENANT_ROOT, *samples.DIRECT_TABLES, *samples.DERIVED_TABLES,
+                     *samples.HINT_TABLES, *samples.EVENT_PARTITIONS]
         policies = conn.execute(
-            "SELECT c.oid::regclass::text, c.relrowsecurity, p.polpermissive,"
+            "SELECT c.relname, c.relrowsecurity, p.polpermissive,"
             " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
             " FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid"
             " WHERE p.polname = 'rls_migrate_tenant'").fetchall()
-        assert len(policies) == len(tenant_tables)
+        assert sorted(p[0] for p in policies) == sorted(protected)
         for table, rls, permissive, using, check in policies:
             assert rls and not permissive, table
             assert using == check, table
@@ -227,6 +229,12 @@ def test_sql_script_runs_with_psql_to_enforced_rls(
             conn.execute("SELECT set_config('app.tenant_id', '1', true)")
             assert conn.execute("SELECT count(*) FROM comments").fetchone() == expected
             assert expected is not None and expected[0] > 0
+            # Naming a partition directly does not get around the policy.
+            for partition in samples.EVENT_PARTITIONS:
+                row = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE account_id <> 1)"
+                                           " FROM {}").format(sql.Identifier(partition))
+                                   ).fetchone()
+                assert row == (0,), partition
 
 
 # --------------------------------------------------------------------------- other formats
@@ -275,3 +283,24 @@ def test_stage_option_limits_the_output(outputs: Outputs) -> None:
     data = json.loads(outputs.runs["backfill-json"].stdout)
     assert [s["name"] for s in data["stages"]] == ["backfill"]
     assert {s["kind"] for s in data["stages"][0]["steps"]} == {"backfill"}
+
+
+def test_line_breaks_in_names_stay_inside_comments(
+    pg_server: servers.PostgresServer, fresh_dsn: str, tmp_path: Path
+) -> None:
+    """Step ids and descriptions carry table names, which may hold line breaks: in the
+    script they must stay comments, never become statements."""
+    evil = QualifiedName("public", "x\nDROP TABLE public.users CASCADE;\n")
+    step = Step(id=f"observe:{evil}", stage="observe", kind="observe_policy", table=evil,
+                description=f"on {evil.name}", statements=(sql.SQL("SELECT 1"),))
+    plan = Plan((StagePlan("observe", (step,)),))
+    with psycopg.connect(fresh_dsn) as conn:
+        script = render_sql(plan, load_catalog(fresh_dsn), conn)
+    assert not any(line.startswith("DROP TABLE") for line in script.splitlines())
+    path = tmp_path / "evil.sql"
+    path.write_text(script)
+    result = subprocess.run([psql_path(pg_server), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                             "-f", str(path), fresh_dsn], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert load_catalog(fresh_dsn).find_table("public.users") is not None

@@ -231,9 +231,15 @@ def test_partitioned_events(sample: Sample, conn: Conn) -> None:
     assert len(samples.EVENT_PARTITIONS) == 6
     assert by_stage(plan, q("events")) == {
         "index": expected[:1], **observe_and_enforce("events")}
-    # The partitions get no policy of their own in the plan: the parent's applies.
-    assert not any(s.table and s.table.name.startswith("events_")
-                   for s in (*plan.stage("observe"), *plan.stage("enforce")))
+    # A query that names a partition uses the partition's own RLS: each partition gets the
+    # policies too, right after its parent.
+    for stage, kind in (("observe", "observe"), ("enforce", "enforce")):
+        ids = [s.id for s in plan.stage(stage)]
+        start = ids.index(f"{kind}:public.events")
+        assert ids[start: start + 7] == [f"{kind}:public.events"] + [
+            f"{kind}:public.{p}" for p in samples.EVENT_PARTITIONS]
+    assert any(n.startswith("public.events: its partitions get the same policies")
+               for n in plan.stage("observe").notes)
 
     on_only = step(plan, expected[0][0])
     assert texts(on_only, conn) == [

@@ -93,6 +93,22 @@ class PlanContext:
         return col.type if col else self.key_type
 
 
+def with_partitions(ctx: PlanContext, entry: TenantTable) -> list[TenantTable]:
+    """``entry`` and, for a partitioned table, every partition below it. A query that names a
+    partition directly uses the partition's own RLS settings, not the parent's: each one
+    needs the policies too."""
+    out = [entry]
+    todo = list(entry.table.partitions)
+    while todo:
+        part = todo.pop(0)
+        table = ctx.catalog.tables.get(part)
+        if table is None:
+            continue
+        out.append(dataclasses.replace(entry, qname=part, table=table))
+        todo.extend(table.partitions)
+    return out
+
+
 def current_tenant_sql(setting: str, key_type: str) -> sql.Composed:
     return sql.SQL("NULLIF(current_setting({}, true), '')::{}").format(
         sql.Literal(setting), sql.SQL(_type_sql(key_type)))

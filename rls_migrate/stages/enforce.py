@@ -7,7 +7,13 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.stages.common import PlanContext, TenantTable, exists_sql, regclass_literal
+from rls_migrate.stages.common import (
+    PlanContext,
+    TenantTable,
+    exists_sql,
+    regclass_literal,
+    with_partitions,
+)
 from rls_migrate.stages.policies import (
     ADMIN_POLICY,
     BASELINE_POLICY,
@@ -21,7 +27,9 @@ from rls_migrate.steps import Estimate, Lock, StagePlan, Step
 def ordered(ctx: PlanContext) -> list[TenantTable]:
     order = [QualifiedName.parse(n) for n in ctx.playbook.options.enforce.order]
     rank = {q: i for i, q in enumerate(order)}
-    return sorted(ctx.tenant_tables, key=lambda e: rank.get(e.qname, len(rank)))
+    tables = sorted(ctx.tenant_tables, key=lambda e: rank.get(e.qname, len(rank)))
+    # Partitions right after their parent: each one is queried directly too.
+    return [e for t in tables for e in with_partitions(ctx, t)]
 
 
 def plan(ctx: PlanContext) -> StagePlan:

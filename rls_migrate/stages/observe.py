@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.stages.common import TOOLKIT_SCHEMA, PlanContext, exists_sql, regclass_literal
+from rls_migrate.stages.common import (
+    TOOLKIT_SCHEMA,
+    PlanContext,
+    exists_sql,
+    regclass_literal,
+    with_partitions,
+)
 from rls_migrate.stages.policies import (
     BASELINE_POLICY,
     TENANT_POLICY,
@@ -24,7 +30,12 @@ def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     app = sql.Identifier(ctx.playbook.roles.app)
     schema = sql.Identifier(TOOLKIT_SCHEMA)
-    for entry in ctx.tenant_tables:
+    notes: list[str] = []
+    for entry in (e for t in ctx.tenant_tables for e in with_partitions(ctx, t)):
+        if entry.table.is_partitioned:
+            notes.append(f"{entry.qname}: its partitions get the same policies (a query that "
+                         "names a partition uses the partition's own); a partition created "
+                         "later needs them too: run plan and apply --stage observe again")
         ident = entry.ident
         has_permissive = any(p.permissive and p.name != BASELINE_POLICY
                              for p in entry.table.policies)
@@ -75,4 +86,4 @@ def plan(ctx: PlanContext) -> StagePlan:
             estimate=Estimate(seconds=0.01),
             why="the team sees every statement that would break before anything is enforced",
         ))
-    return StagePlan("observe", tuple(steps))
+    return StagePlan("observe", tuple(steps), tuple(notes))
