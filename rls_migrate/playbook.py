@@ -35,6 +35,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -293,15 +294,19 @@ class Playbook(Strict):
             QualifiedName.parse(name)
         return value
 
+    _by_name: dict[QualifiedName, TablePlan] | None = PrivateAttr(default=None)
+
+    def _plans(self) -> dict[QualifiedName, TablePlan]:
+        # Parsed once: planners look tables up thousands of times on big schemas.
+        if self._by_name is None:
+            self._by_name = {QualifiedName.parse(n): p for n, p in self.tables.items()}
+        return self._by_name
+
     def table_plans(self) -> Iterator[tuple[QualifiedName, TablePlan]]:
-        for name, plan in self.tables.items():
-            yield QualifiedName.parse(name), plan
+        yield from self._plans().items()
 
     def plan_for(self, qname: QualifiedName) -> TablePlan | None:
-        for name, plan in self.table_plans():
-            if name == qname:
-                return plan
-        return None
+        return self._plans().get(qname)
 
     def tenant_column(self, qname: QualifiedName) -> str | None:
         """The column that holds the tenant key on ``qname`` after the migration."""
