@@ -26,6 +26,7 @@ from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
     TenantTable,
+    regclass_text,
     rows_estimate,
     triggers_firing_on_update,
 )
@@ -110,7 +111,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         first_ahead = sql.SQL("SELECT %s::bigint::text")
         max_key = sql.SQL(
             "SELECT (pg_relation_size({reg}) / current_setting('block_size')::bigint + 1)::text"
-        ).format(reg=sql.Literal(_regclass(entry.qname)))
+        ).format(reg=sql.Literal(regclass_text(entry.qname)))
         sample_key = sql.SQL("c.ctid::text")
         uses_ctid = True
     remaining = sql.SQL("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL").format(t=t, col=col)
@@ -129,10 +130,6 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
         single_statement_sql=sql.SQL("{} AND c.{} IS NULL").format(fill, col),
         orphans_sql=orphans, conflicts_sql=conflicts)
-
-
-def _regclass(qname: QualifiedName) -> str:
-    return '"' + qname.schema.replace('"', '""') + '"."' + qname.name.replace('"', '""') + '"'
 
 
 def plan(ctx: PlanContext) -> StagePlan:
@@ -220,7 +217,7 @@ def _wraparound_vacuum(conn: psycopg.Connection[Any], qname: QualifiedName) -> b
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a"
         " USING (pid) WHERE v.relid = %s::regclass AND a.query LIKE %s)",
-        [_regclass(qname), "%to prevent wraparound%"]).fetchone()
+        [regclass_text(qname), "%to prevent wraparound%"]).fetchone()
     return bool(row and row[0])
 
 

@@ -180,10 +180,12 @@ def exists_sql(query: sql.Composable) -> sql.Composed:
 
 def regclass_literal(qname: QualifiedName) -> sql.Composed:
     """``'schema.table'::regclass`` with the name quoted for regclass input."""
-    return sql.SQL("{}::regclass").format(sql.Literal(_regclass_text(qname)))
+    return sql.SQL("{}::regclass").format(sql.Literal(regclass_text(qname)))
 
 
-def _regclass_text(qname: QualifiedName) -> str:
+def regclass_text(qname: QualifiedName) -> str:
+    """The quoted ``"schema"."table"`` text that ``::regclass`` accepts for any name."""
+
     def q(name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
