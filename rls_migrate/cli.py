@@ -210,9 +210,12 @@ def _print_result(result: Any) -> None:
 @dsn_option
 @click.option("--dry-run", is_flag=True, help="show what would run (done checks only)")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--force", is_flag=True,
+              help="run even though the stage's gate is shut (enforce: a report with "
+                   "violations); the override is journaled")
 @click.pass_context
 def apply(ctx: click.Context, playbook: Path, stage: str, dsn: str | None, dry_run: bool,
-          yes: bool) -> None:
+          yes: bool, force: bool) -> None:
     """Run one stage: idempotent, resumable, journaled.
 
     Steps already done are skipped; a killed run resumes where it stopped. On a terminal it
@@ -240,9 +243,11 @@ def apply(ctx: click.Context, playbook: Path, stage: str, dsn: str | None, dry_r
     progress = None if dry_run else _progress(ctx)
     if progress is not None:
         with progress:
-            outcome = apply_stage(resolved, pb, stage, source=str(playbook), progress=progress)
+            outcome = apply_stage(resolved, pb, stage, source=str(playbook), force=force,
+                                  progress=progress)
     else:
-        outcome = apply_stage(resolved, pb, stage, source=str(playbook), dry_run=dry_run)
+        outcome = apply_stage(resolved, pb, stage, source=str(playbook), dry_run=dry_run,
+                              force=force)
     _print_result(outcome.result)
 
 
@@ -342,6 +347,10 @@ def demo(scale: float, keep: bool, workdir: Path) -> None:
     from rls_migrate.demo import run_demo
 
     run_demo(scale=scale, keep=keep, workdir=workdir, echo=click.echo)
+
+
+# --------------------------------------------------------------------------- more commands
+# Commands that live beside their library code register here, one line each.
 
 
 # --------------------------------------------------------------------------- entry point

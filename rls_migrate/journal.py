@@ -419,6 +419,21 @@ class Journal:
         assert row is not None
         return int(row[0])
 
+    def record_override(self, stage: str, details: Mapping[str, Any]) -> int:
+        """Journal that a stage's gate was overridden (``apply --force``), with what the
+        gate saw, so the override is on record next to the steps it let through."""
+        now = dt.datetime.now(dt.UTC)
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO rls_migrate.journal (run_id, step_id, stage, kind, outcome, "
+                "attempts, started_at, finished_at, duration_ms, details) "
+                "VALUES (%s, %s, %s, 'gate', 'forced', 0, %s, %s, 0, %s) RETURNING id",
+                [self.run_id, f"gate:{stage}", stage, now, now, _jsonb(dict(details))],
+            )
+            row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
     def step_status(self, step_id: str) -> str | None:
         """``done``, ``undone``, or None when the step never completed."""
         row = self.conn.execute(

@@ -9,7 +9,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -26,9 +26,22 @@ from rls_migrate.stages.common import PlanContext
 from rls_migrate.stages.prepare import check_roles
 from rls_migrate.steps import STAGES, Plan, StagePlan, Step
 
-# Stages the executor runs today; the others are planned (``plan``) but not applied yet.
-APPLICABLE = ("prepare", "add-column", "backfill", "constrain")
+APPLICABLE = STAGES
 ROLLBACK_TARGETS = ("none", *STAGES)
+
+Gate = Callable[[psycopg.Connection[Any], Playbook, bool], dict[str, Any] | None]
+GATES: dict[str, Gate] = {}
+"""Stage -> a check run before it (after the earlier stages are verified done). It raises
+GateClosed to refuse, or returns details to journal (e.g. a forced override); ``force`` is
+the user's ``--force``. The observe stage registers the enforce gate (a clean report)."""
+
+
+def register_gate(stage: str) -> Callable[[Gate], Gate]:
+    def decorate(gate: Gate) -> Gate:
+        GATES[stage] = gate
+        return gate
+
+    return decorate
 
 
 @Executor.register("backfill")
@@ -110,8 +123,10 @@ def apply_stage(
     *,
     source: str = "playbook",
     dry_run: bool = False,
+    force: bool = False,
     progress: ProgressHook | None = None,
 ) -> ApplyResult:
+    """Run one stage. ``force`` overrides the stage's gate (journaled)."""
     if stage not in APPLICABLE:
         raise UsageError(f"stage {stage} can be planned (rls-migrate plan) but not applied by "
                          f"this version; applicable stages: {', '.join(APPLICABLE)}")
@@ -137,6 +152,11 @@ def apply_stage(
         with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
+            gate = GATES.get(stage)
+            if gate is not None:
+                override = gate(conn, playbook, force)
+                if override and not dry_run:
+                    journal.record_override(stage, override)
             outcome = "failed"
             try:
                 result = executor.run(plan.stage(stage), dry_run=dry_run)
