@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -37,22 +38,20 @@ def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     the row moves to another parent."""
     assert entry.parent is not None and entry.parent_column is not None
     col = sql.Identifier(entry.column)
-    new_fk = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c))
+    new_fk = sql.SQL(", ").join(compose("NEW.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    old_fk = sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c))
+    old_fk = sql.SQL(", ").join(compose("OLD.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
     match = sql.SQL(" AND ").join(
-        sql.SQL("p.{} = NEW.{}").format(sql.Identifier(r), sql.Identifier(c))
+        compose("p.{} = NEW.{}", sql.Identifier(r), sql.Identifier(c))
         for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
-    return sql.SQL(
-        "BEGIN\n"
+    return compose("BEGIN\n"
         "  IF TG_OP = 'INSERT' AND NEW.{col} IS NOT NULL THEN RETURN NEW; END IF;\n"
         "  IF TG_OP = 'UPDATE' AND ROW({new_fk}) IS NOT DISTINCT FROM ROW({old_fk})\n"
         "     AND NEW.{col} IS NOT NULL THEN RETURN NEW; END IF;\n"
         "  SELECT p.{pcol} INTO NEW.{col} FROM {parent} AS p WHERE {match};\n"
         "  RETURN NEW;\n"
-        "END"
-    ).format(col=col, new_fk=new_fk, old_fk=old_fk, pcol=sql.Identifier(entry.parent_column),
+        "END", col=col, new_fk=new_fk, old_fk=old_fk, pcol=sql.Identifier(entry.parent_column),
              parent=entry.parent.qname.ident, match=match)
 
 
@@ -73,11 +72,11 @@ def plan(ctx: PlanContext) -> StagePlan:
             table=entry.qname,
             description=f"add {entry.column} {ctx.key_column_type()} (nullable, no default: "
                         "a catalog-only change, no rewrite)",
-            statements=(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            statements=(compose("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
                 ident, col, sql.SQL(ctx.key_column_type())),),
             lock=Lock.ACCESS_EXCLUSIVE,
             done_check=column_exists_check(entry.qname, entry.column),
-            inverse=(sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(ident, col),),
+            inverse=(compose("ALTER TABLE {} DROP COLUMN IF EXISTS {}", ident, col),),
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             inverse_needs="drop_columns",
             estimate=Estimate(seconds=0.01),
@@ -96,21 +95,17 @@ def plan(ctx: PlanContext) -> StagePlan:
             description=f"trigger {trigger}: new and re-parented rows take {entry.column} from "
                         f"{entry.parent.qname}",
             statements=(
-                sql.SQL(
-                    "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
-                    " SET search_path = pg_catalog, pg_temp AS {body}"
-                ).format(fn=fn, body=sql.Literal(body.as_string(None))),
-                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), ident),
-                sql.SQL(
-                    "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
-                    " FOR EACH ROW EXECUTE FUNCTION {}()"
-                ).format(sql.Identifier(trigger), fk_cols, ident, fn),
+                compose("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
+                    " SET search_path = pg_catalog, pg_temp AS {body}", fn=fn, body=sql.Literal(body.as_string(None))),
+                compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
+                compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
+                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger), fk_cols, ident, fn),
             ),
             lock=Lock.SHARE_ROW_EXCLUSIVE,
             done_check=trigger_exists_check(entry.qname, trigger),
             inverse=(
-                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), ident),
-                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fn),
+                compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
+                compose("DROP FUNCTION IF EXISTS {}()", fn),
             ),
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             why="without it the backfill never converges: rows written after a batch passed "
@@ -130,13 +125,11 @@ def plan(ctx: PlanContext) -> StagePlan:
             table=entry.qname,
             description=f"foreign key {entry.column} -> {root}, NOT VALID (validated by "
                         "constrain without blocking writes)",
-            statements=(sql.SQL(
-                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID"
-            ).format(ident, sql.Identifier(fk), col, root.ident,
+            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID", ident, sql.Identifier(fk), col, root.ident,
                      sql.Identifier(ctx.playbook.tenant.key)),),
             lock=Lock.SHARE_ROW_EXCLUSIVE,
             done_check=constraint_exists_check(entry.qname, fk),
-            inverse=(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
                 ident, sql.Identifier(fk)),),
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             why="the key must name an existing tenant; NOT VALID skips the scan of old rows",

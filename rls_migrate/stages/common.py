@@ -13,6 +13,7 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, Column, QualifiedName, Table
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
+from rls_migrate.sqlcompose import compose
 from rls_migrate.steps import Estimate
 
 TOOLKIT_SCHEMA = "rls_migrate"
@@ -110,7 +111,7 @@ def with_partitions(ctx: PlanContext, entry: TenantTable) -> list[TenantTable]:
 
 
 def current_tenant_sql(setting: str, key_type: str) -> sql.Composed:
-    return sql.SQL("NULLIF(current_setting({}, true), '')::{}").format(
+    return compose("NULLIF(current_setting({}, true), '')::{}",
         sql.Literal(setting), sql.SQL(_type_sql(key_type)))
 
 
@@ -175,12 +176,12 @@ def columns_sql(columns: Sequence[str], alias: str | None = None) -> sql.Compose
 
 
 def exists_sql(query: sql.Composable) -> sql.Composed:
-    return sql.SQL("SELECT EXISTS ({})").format(query)
+    return compose("SELECT EXISTS ({})", query)
 
 
 def regclass_literal(qname: QualifiedName) -> sql.Composed:
     """``'schema.table'::regclass`` with the name quoted for regclass input."""
-    return sql.SQL("{}::regclass").format(sql.Literal(regclass_text(qname)))
+    return compose("{}::regclass", sql.Literal(regclass_text(qname)))
 
 
 def regclass_text(qname: QualifiedName) -> str:
@@ -193,42 +194,32 @@ def regclass_text(qname: QualifiedName) -> str:
 
 
 def column_exists_check(qname: QualifiedName, column: str) -> sql.Composed:
-    return exists_sql(sql.SQL(
-        "SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND NOT attisdropped"
-    ).format(regclass_literal(qname), sql.Literal(column)))
+    return exists_sql(compose("SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND NOT attisdropped", regclass_literal(qname), sql.Literal(column)))
 
 
 def column_not_null_check(qname: QualifiedName, column: str) -> sql.Composed:
-    return exists_sql(sql.SQL(
-        "SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND attnotnull"
-    ).format(regclass_literal(qname), sql.Literal(column)))
+    return exists_sql(compose("SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} AND attnotnull", regclass_literal(qname), sql.Literal(column)))
 
 
 def constraint_exists_check(qname: QualifiedName, name: str, validated: bool = False) -> sql.Composed:
-    query = sql.SQL("SELECT 1 FROM pg_constraint WHERE conrelid = {} AND conname = {}").format(
+    query = compose("SELECT 1 FROM pg_constraint WHERE conrelid = {} AND conname = {}",
         regclass_literal(qname), sql.Literal(name))
     if validated:
-        query = sql.SQL("{} AND convalidated").format(query)
+        query = compose("{} AND convalidated", query)
     return exists_sql(query)
 
 
 def trigger_exists_check(qname: QualifiedName, name: str) -> sql.Composed:
-    return exists_sql(sql.SQL(
-        "SELECT 1 FROM pg_trigger WHERE tgrelid = {} AND tgname = {}"
-    ).format(regclass_literal(qname), sql.Literal(name)))
+    return exists_sql(compose("SELECT 1 FROM pg_trigger WHERE tgrelid = {} AND tgname = {}", regclass_literal(qname), sql.Literal(name)))
 
 
 def index_valid_check(qname: QualifiedName, name: str) -> sql.Composed:
-    return exists_sql(sql.SQL(
-        "SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-        " WHERE x.indrelid = {} AND c.relname = {} AND x.indisvalid"
-    ).format(regclass_literal(qname), sql.Literal(name)))
+    return exists_sql(compose("SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " WHERE x.indrelid = {} AND c.relname = {} AND x.indisvalid", regclass_literal(qname), sql.Literal(name)))
 
 
 def policy_exists_check(qname: QualifiedName, name: str) -> sql.Composed:
-    return exists_sql(sql.SQL(
-        "SELECT 1 FROM pg_policy WHERE polrelid = {} AND polname = {}"
-    ).format(regclass_literal(qname), sql.Literal(name)))
+    return exists_sql(compose("SELECT 1 FROM pg_policy WHERE polrelid = {} AND polname = {}", regclass_literal(qname), sql.Literal(name)))
 
 
 def rows_estimate(table: Table) -> Estimate:

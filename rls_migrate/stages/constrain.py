@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.add_column import tenant_fk_name
 from rls_migrate.stages.common import (
     PlanContext,
@@ -50,13 +51,12 @@ def plan(ctx: PlanContext) -> StagePlan:
                 table=entry.qname,
                 description=f"CHECK ({entry.column} IS NOT NULL) NOT VALID: new rows are checked "
                             "at once, old rows are not scanned",
-                statements=(sql.SQL(
-                    "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
                     ident, check_ident, col),),
                 lock=Lock.ACCESS_EXCLUSIVE,
-                done_check=sql.SQL("SELECT ({}) OR ({})").format(
+                done_check=compose("SELECT ({}) OR ({})",
                     not_null, constraint_exists_check(entry.qname, check)),
-                inverse=(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
                     ident, check_ident),),
                 inverse_lock=Lock.ACCESS_EXCLUSIVE,
                 estimate=Estimate(seconds=0.01),
@@ -67,10 +67,10 @@ def plan(ctx: PlanContext) -> StagePlan:
                 kind="validate_constraint",
                 table=entry.qname,
                 description="VALIDATE the check: one scan, reads and writes go on",
-                statements=(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                statements=(compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
                     ident, check_ident),),
                 lock=Lock.SHARE_UPDATE_EXCLUSIVE,
-                done_check=sql.SQL("SELECT ({}) OR ({})").format(
+                done_check=compose("SELECT ({}) OR ({})",
                     not_null, constraint_exists_check(entry.qname, check, validated=True)),
                 estimate=rows_estimate(entry.table),
             ))
@@ -80,11 +80,11 @@ def plan(ctx: PlanContext) -> StagePlan:
                 kind="set_not_null",
                 table=entry.qname,
                 description=f"SET NOT NULL on {entry.column}: no scan, the valid check proves it",
-                statements=(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+                statements=(compose("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
                     ident, col),),
                 lock=Lock.ACCESS_EXCLUSIVE,
                 done_check=not_null,
-                inverse=(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                inverse=(compose("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL",
                     ident, col),),
                 inverse_lock=Lock.ACCESS_EXCLUSIVE,
                 estimate=Estimate(seconds=0.01),
@@ -95,10 +95,10 @@ def plan(ctx: PlanContext) -> StagePlan:
                 kind="drop_check",
                 table=entry.qname,
                 description="drop the now redundant check",
-                statements=(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                statements=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
                     ident, check_ident),),
                 lock=Lock.ACCESS_EXCLUSIVE,
-                done_check=sql.SQL("SELECT ({}) AND NOT ({})").format(
+                done_check=compose("SELECT ({}) AND NOT ({})",
                     not_null, constraint_exists_check(entry.qname, check)),
                 estimate=Estimate(seconds=0.01),
             ))
@@ -110,7 +110,7 @@ def plan(ctx: PlanContext) -> StagePlan:
                 kind="validate_constraint",
                 table=entry.qname,
                 description=f"VALIDATE the tenant foreign key {fk}: reads and writes go on",
-                statements=(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                statements=(compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
                     ident, sql.Identifier(fk)),),
                 lock=Lock.SHARE_UPDATE_EXCLUSIVE,
                 done_check=constraint_exists_check(entry.qname, fk, validated=True),

@@ -1,0 +1,45 @@
+"""``compose(template, *args, **kwargs)``: ``sql.SQL(template).format(...)`` for hot paths.
+
+Same placeholders (``{}``, ``{0}``, ``{name}``, ``{{``/``}}`` escapes) and the same result
+(a ``sql.Composed`` whose values are Composables), but the template is parsed once and
+cached: planning 1,000 tables composes about 100,000 statements, and psycopg re-parses the
+template on every ``format`` call. Templates are literal strings, never user input.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from typing import LiteralString
+
+from psycopg import sql
+
+_Piece = tuple[sql.SQL | None, str | None]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(template: str) -> tuple[_Piece, ...]:
+    pieces: list[_Piece] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if spec or conversion:
+            raise ValueError(f"no format spec or conversion allowed in {template!r}")
+        pieces.append((sql.SQL(literal) if literal else None, field))
+    return tuple(pieces)
+
+
+def compose(template: LiteralString, *args: sql.Composable, **kwargs: sql.Composable) -> sql.Composed:
+    parts: list[sql.Composable] = []
+    auto = 0
+    for literal, field in _parse(template):
+        if literal is not None:
+            parts.append(literal)
+        if field is None:
+            continue
+        if field == "":
+            parts.append(args[auto])
+            auto += 1
+        elif field.isdigit():
+            parts.append(args[int(field)])
+        else:
+            parts.append(kwargs[field])
+    return sql.Composed(parts)

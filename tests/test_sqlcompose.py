@@ -1,0 +1,31 @@
+"""compose() must produce exactly what sql.SQL(...).format(...) produces."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from rls_migrate.sqlcompose import compose
+
+CASES = [
+    ("ALTER TABLE {} ADD COLUMN {} bigint", (sql.Identifier("public", "t"), sql.Identifier("c")), {}),
+    ("SELECT {0}, {0} FROM {1}", (sql.Identifier("a"), sql.Identifier("t")), {}),
+    ("CREATE POLICY {name} ON {table} USING ({expr})", (),
+     {"name": sql.Identifier("p"), "table": sql.Identifier("s", "Odd \"Name\""),
+      "expr": sql.SQL("x = {}").format(sql.Literal("it's"))}),
+    ("SELECT '{{}}' || {}", (sql.Literal(1),), {}),
+    ("no placeholders", (), {}),
+]
+
+
+@pytest.mark.parametrize(("template", "args", "kwargs"), CASES)
+def test_same_as_psycopg_format(template: str, args: tuple[sql.Composable, ...],
+                                kwargs: dict[str, sql.Composable]) -> None:
+    expected = sql.SQL(template).format(*args, **kwargs)
+    got = compose(template, *args, **kwargs)
+    assert got.as_string(None) == expected.as_string(None)
+
+
+def test_rejects_format_specs() -> None:
+    with pytest.raises(ValueError, match="format spec"):
+        compose("SELECT {:>10}", sql.Literal(1))
