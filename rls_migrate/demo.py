@@ -1,21 +1,37 @@
-"""``rls-migrate demo``: the toolkit on a throwaway embedded PostgreSQL with the sample SaaS
-database. Everything it shows is a library call a user can make on their own database."""
+"""``rls-migrate demo``: the whole runbook on a throwaway embedded PostgreSQL, under a live
+application workload. Everything it does is a library call a user can make on their own
+database: init, plan, apply of every stage, report (and the gate refusing to enforce while
+a forgotten job still runs without tenant context), enforce, verify, and a kill-switch
+drill. ``--naive`` then runs the textbook migration on a fresh copy under the same workload,
+for comparison."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
-from rls_migrate.errors import UsageError
+from rls_migrate.errors import GateClosed, UsageError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan, dump_playbook, parse_playbook
 from rls_migrate.testing import servers
+from rls_migrate.testing.checksums import table_checksums
+from rls_migrate.workload import Workload, WorkloadStats
 
 Echo = Callable[[str], None]
 AUDIT_LOG_HINT = "issue_id -> public.issues(id)"
+RUNBOOK = ("prepare", "add-column", "backfill", "constrain", "index", "observe")
+# Tables the demo workload never writes: their checksums must not move at all.
+UNTOUCHED = ("accounts", "users", "labels", "issue_labels", "attachments", "audit_log",
+             "Project Notes", "countries")
 
 
 def start_embedded() -> servers.LocalServer:
@@ -30,7 +46,7 @@ def start_embedded() -> servers.LocalServer:
 
 def decide_sample_todos(playbook: Playbook) -> Playbook:
     """What a person decides for the sample database after reading init's TODOs: audit_log
-    has no foreign key, its issue_id points at issues."""
+    has no foreign key, its issue_id points at issues; its orphans stay without a tenant."""
     tables = dict(playbook.tables)
     for name, plan in playbook.tables.items():
         if plan.strategy == "TODO" and QualifiedName.parse(name).name == "audit_log":
@@ -41,71 +57,278 @@ def decide_sample_todos(playbook: Playbook) -> Playbook:
     return playbook.model_copy(update={"tables": tables, "options": options})
 
 
-def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo) -> None:
+@dataclasses.dataclass
+class DemoResult:
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds
+    workload: dict[str, Any] = dataclasses.field(default_factory=dict)
+    violations_seen: int = 0
+    gate_refused: bool = False
+    verify_ok: bool | None = None
+    kill_switch_s: float | None = None
+    untouched_unchanged: bool = False
+    naive: dict[str, Any] | None = None
+    total_s: float = 0.0
+
+
+class _Display:
+    """A live rich panel (stage, workload throughput, errors, worst wait) on a terminal;
+    plain lines otherwise."""
+
+    def __init__(self, echo: Echo, live: bool) -> None:
+        self.echo = echo
+        self.stage = "starting"
+        self.load: Workload | None = None
+        self._live: Any = None
+        if live:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console()
+            if console.is_terminal:
+                self._live = Live(self._render(), console=console, refresh_per_second=4,
+                                  transient=True, get_renderable=self._render)
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        table.add_row("stage", self.stage)
+        if self.load is not None:
+            s = self.load.stats
+            table.add_row("workload", f"{s.transactions:,} transactions, "
+                          f"{s.transactions / max(s.seconds, 0.001):,.0f}/s")
+            table.add_row("errors", str(s.errors))
+            table.add_row("worst wait", f"{s.worst_ms:,.0f} ms")
+        return table
+
+    def __enter__(self) -> _Display:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            self.echo(text)
+
+    @contextmanager
+    def step(self, name: str, result: DemoResult | None = None) -> Iterator[None]:
+        self.stage = name
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        if result is not None:
+            result.stages[name] = round(seconds, 2)
+        self.say(f"  {name:<22} {seconds:6.2f} s")
+
+
+def _new_database(server: servers.LocalServer, name: str, scale: float) -> str:
+    with connect(server.dsn("postgres")) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    dsn = server.dsn(name)
+    samples.load(dsn, scale=scale)
+    return dsn
+
+
+def _checksums(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        sums = table_checksums(conn, exclude_columns=("tenant_id",))
+    return {k: v for k, v in sums.items() if k.strip('"').split(".")[-1].strip('"') in UNTOUCHED}
+
+
+def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool = False,
+             live: bool = True, threads: int = 4) -> DemoResult:
     from rls_migrate.discover import discover
-    from rls_migrate.doctor import diagnose
     from rls_migrate.init import build_playbook_yaml
     from rls_migrate.planner import build_plan
     from rls_migrate.render import render_text
+    from rls_migrate.report import build_report
+    from rls_migrate.runner import apply_stage, rollback_to
+    from rls_migrate.verify.runner import verify
 
+    result = DemoResult()
     started = time.perf_counter()
     echo("Starting an embedded PostgreSQL ...")
     server = start_embedded()
     try:
-        factory_dsn = server.dsn("postgres")
-        with connect(factory_dsn) as conn:
-            conn.execute("CREATE DATABASE saas")
-        dsn = server.dsn("saas")
-        echo(f"PostgreSQL {server.major} on 127.0.0.1:{server.port}; loading the sample SaaS "
-             f"database at scale {scale} ...")
         t0 = time.perf_counter()
-        counts = samples.load(dsn, scale=scale)
-        echo(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables in "
-             f"{time.perf_counter() - t0:.1f} s")
-
+        dsn = _new_database(server, "saas", scale)
+        app_dsn = server.dsn("saas", user=samples.APP_ROLE)
+        echo(f"PostgreSQL {server.major} on 127.0.0.1:{server.port}: sample SaaS database "
+             f"at scale {scale} loaded in {time.perf_counter() - t0:.1f} s")
         with connect(dsn) as conn:
             catalog = Catalog.load(conn)
-        echo("\n== doctor (as the owner, judging the application role app_user)")
-        for f in diagnose(catalog, samples.APP_ROLE):
-            echo(f"  {f.level:<5} {f.topic:<10} {f.message}")
-
-        echo(f"\n== catalog: {len(catalog.tables)} tables, {len(catalog.views)} views, read in "
-             f"{catalog.queries_run} queries")
-        for table in sorted(catalog.tables.values(), key=lambda t: t.qname):
-            if table.is_partition:
-                continue
-            traits = []
-            if table.is_partitioned:
-                traits.append(f"partitioned into {len(table.partitions)}")
-            if table.primary_key is None:
-                traits.append("no primary key")
-            elif len(table.primary_key) > 1:
-                traits.append(f"composite key ({', '.join(table.primary_key)})")
-            if any(fk.ref_table == table.qname for fk in table.foreign_keys):
-                traits.append("self-reference")
-            if table.triggers:
-                traits.append("triggers: " + ", ".join(t.name for t in table.triggers))
-            echo(f"  {table.qname.short:<18} ~{table.row_estimate:>8,} rows  {'; '.join(traits)}")
-
         graph = discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE)
-        echo("\n== discovery around public.accounts")
-        for qname, c in sorted(graph.tables.items()):
-            echo(f"  {qname.short:<18} {c.kind:<11} {c.evidence}")
-        text = build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE)
-        playbook = decide_sample_todos(parse_playbook(text, "init output"))
+        playbook = decide_sample_todos(parse_playbook(
+            build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE), "init output"))
+        playbook = playbook.model_copy(update={"roles": playbook.roles.model_copy(
+            update={"admin": (samples.ADMIN_ROLE,)})})
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "demo.yaml"
         path.write_text("# Written by `rls-migrate demo` from init's output, TODOs decided.\n"
                         + dump_playbook(playbook))
-        echo(f"\nwrote {path} (init left audit_log as TODO; the demo decided: "
-             f"{AUDIT_LOG_HINT})")
+        counts = graph.counts()
+        echo(f"init: {', '.join(f'{n} {k}' for k, n in counts.items() if n)} -> {path} "
+             f"(audit_log decided: {AUDIT_LOG_HINT})")
         with connect(dsn) as conn:
             plan = build_plan(catalog, playbook, source=str(path))
-            echo("\n== plan\n" + render_text(plan, catalog, conn))
-        echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+            if scale <= 0.5:
+                echo(render_text(plan, catalog, conn))
+        echo("plan: " + ", ".join(f"{s.name} {len(s.steps)}" for s in plan.stages)
+             + " steps; nothing executed yet")
+        before = _checksums(dsn)
+
+        echo(f"\nRunning the runbook under a live workload ({threads} app threads as "
+             f"{samples.APP_ROLE}, plus a nightly job that forgot its tenant context):")
+        load = Workload(app_dsn, dsn, threads=threads, forgotten_job=True,
+                        forgotten_every_s=0.3)
+        with _Display(echo, live) as display:
+            display.load = load
+            load.start()
+            try:
+                for stage in RUNBOOK:
+                    with display.step(stage, result):
+                        apply_stage(dsn, playbook, stage, source=str(path))
+                time.sleep(1.5)  # let the forgotten job run under observe
+                with connect(dsn) as conn, display.step("report", result):
+                    report = build_report(conn, playbook)
+                result.violations_seen = report.statements
+                for group in report.groups[:3]:
+                    display.say(f"    violation: {group.table} {group.operation} "
+                                f"{group.kind} by {group.role} ({group.application_name}) "
+                                f"x{group.count}")
+                try:
+                    apply_stage(dsn, playbook, "enforce", source=str(path))
+                except GateClosed as exc:
+                    result.gate_refused = True
+                    display.say(f"  the gate: {exc.message.splitlines()[0]}")
+                display.say("  the team fixes the nightly job (it now sets the tenant)")
+                load.fix_forgotten_job()
+                display.say("  ... and follows the plan's advice on the view open_issues "
+                            "(security_invoker)")
+                with connect(dsn) as conn:
+                    conn.execute("ALTER VIEW public.open_issues SET (security_invoker = true)")
+                # Counters reach pg_stat_user_functions up to a second late: let the old
+                # runs' counts land, take a report (it snapshots the counters), then judge
+                # a window that starts after that snapshot.
+                time.sleep(2.0)
+                with connect(dsn) as conn:
+                    build_report(conn, playbook, dt.timedelta(seconds=1))
+                snapshot_at = time.perf_counter()
+                time.sleep(1.5)
+                window = (time.perf_counter() - snapshot_at) * 1000 - 100
+                clean = playbook.model_copy(update={"options": playbook.options.model_copy(
+                    update={"enforce": playbook.options.enforce.model_copy(
+                        update={"report_window": window})})})
+                with connect(dsn) as conn:
+                    since_fix = build_report(conn, clean, dt.timedelta(milliseconds=window))
+                display.say(f"  report over the {window / 1000:.1f} s since the fix: "
+                            f"{'clean' if since_fix.clean else 'still violations'}")
+                with display.step("enforce", result):
+                    apply_stage(dsn, clean, "enforce", source=str(path))
+                with display.step("verify", result):
+                    checked = verify(dsn, clean, source=str(path))
+                result.verify_ok = checked.ok
+                display.say(f"  verify: {'all checks pass' if checked.ok else 'FAILURES'} "
+                            f"({len(checked.failures)} failed, {len(checked.warnings)} warnings)")
+                for finding in [*checked.failures, *checked.warnings][:8]:
+                    display.say(f"    {finding.status}: {finding.code} {finding.subject} "
+                                f"{finding.message}")
+                t_kill = time.perf_counter()
+                with display.step("kill switch: observe", result):
+                    rollback_to(dsn, clean, "observe", source=str(path))
+                result.kill_switch_s = round(time.perf_counter() - t_kill, 2)
+                with display.step("re-enforce", result):
+                    apply_stage(dsn, clean, "enforce", source=str(path))
+            finally:
+                stats = load.stop()
+        result.workload = stats.summary()
+        result.untouched_unchanged = _checksums(dsn) == before
+        if naive:
+            result.naive = run_naive(server, scale, threads, echo)
+        result.total_s = round(time.perf_counter() - started, 1)
+        _print_summary(result, stats, echo)
         if keep:
             echo(f"\nThe server keeps running: psql '{dsn}'\n"
                  f"Stop it with: kill {server.pid()}  (data in {server.root})")
+        return result
     finally:
         if not keep:
             server.stop()
+
+
+def _print_summary(result: DemoResult, stats: WorkloadStats, echo: Echo) -> None:
+    echo("\nSummary")
+    for stage, seconds in result.stages.items():
+        echo(f"  {stage:<22} {seconds:6.2f} s")
+    w = result.workload
+    echo(f"  workload: {w['transactions']:,} transactions, {w['errors']} failed, "
+         f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, worst wait {w['max_ms']} ms, "
+         f"longest stall {w['longest_stall_ms']} ms")
+    echo(f"  forgotten job: {result.violations_seen} violating statement(s) recorded in "
+         f"observe mode; enforce gate refused: {result.gate_refused}")
+    echo(f"  kill switch (enforce -> observe): {result.kill_switch_s} s; verify ok: "
+         f"{result.verify_ok}")
+    echo(f"  rows of untouched tables unchanged (checksums): {result.untouched_unchanged}")
+    if result.naive:
+        n = result.naive
+        echo(f"  naive migration: {n['total_s']} s, workload {n['transactions']:,} transactions,"
+             f" {n['errors']} failed, worst wait {n['max_ms']} ms, longest stall "
+             f"{n['longest_stall_ms']} ms")
+    echo(f"  total {result.total_s} s")
+
+
+NAIVE_STATEMENTS = (
+    # The textbook migration: a column with one big UPDATE per table, SET NOT NULL with its
+    # full scan under ACCESS EXCLUSIVE, plain CREATE INDEX, and RLS enforced at once with a
+    # policy that errors when the context is missing. Constant SQL for the sample schema.
+    "ALTER TABLE issues ADD COLUMN tenant_id bigint",
+    "UPDATE issues c SET tenant_id = p.account_id FROM projects p WHERE p.id = c.project_id",
+    "ALTER TABLE issues ALTER COLUMN tenant_id SET NOT NULL",
+    "CREATE INDEX ON issues (tenant_id)",
+    "ALTER TABLE comments ADD COLUMN tenant_id bigint",
+    "UPDATE comments c SET tenant_id = p.tenant_id FROM issues p WHERE p.id = c.issue_id",
+    "ALTER TABLE comments ALTER COLUMN tenant_id SET NOT NULL",
+    "CREATE INDEX ON comments (tenant_id)",
+    "ALTER TABLE projects ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY tenant ON projects USING"
+    " (account_id = current_setting('app.tenant_id')::bigint)",
+    "ALTER TABLE issues ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY tenant ON issues USING (tenant_id = current_setting('app.tenant_id')::bigint)",
+    "ALTER TABLE comments ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY tenant ON comments USING"
+    " (tenant_id = current_setting('app.tenant_id')::bigint)",
+)
+
+
+def run_naive(server: servers.LocalServer, scale: float, threads: int, echo: Echo
+              ) -> dict[str, Any]:
+    echo("\nThe naive migration on a fresh copy, same workload:")
+    dsn = _new_database(server, "saas_naive", scale)
+    load = Workload(server.dsn("saas_naive", user=samples.APP_ROLE), dsn, threads=threads)
+    started = time.perf_counter()
+    failed: list[str] = []
+    with load:
+        time.sleep(0.5)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for statement in NAIVE_STATEMENTS:
+                try:
+                    conn.execute(statement)
+                except psycopg.Error as exc:
+                    # The textbook path breaks itself too: rows inserted after its UPDATE
+                    # have no tenant, so SET NOT NULL fails.
+                    failed.append(f"{statement[:60]}: {str(exc).splitlines()[0]}")
+        time.sleep(1.0)
+    summary = load.stats.summary()
+    summary["total_s"] = round(time.perf_counter() - started, 2)
+    summary["migration_errors"] = failed
+    for line in failed:
+        echo(f"  migration statement failed: {line}")
+    echo(f"  {summary['errors']} failed workload transactions (e.g. "
+         f"{(summary['error_samples'] or ['none'])[0][:120]})")
+    return summary

@@ -233,7 +233,9 @@ class Workload:
 
     def _nightly(self) -> None:
         """The forgotten code path: a report over every tenant's comments, run without
-        context until the team fixes it (then per tenant, with context)."""
+        context until the team fixes it. The fixed job sets the context and filters by the
+        tenant column (the migration added it): a query that relies on RLS alone to filter
+        would still read other tenants' rows in observe mode, and be reported."""
         for conn in self._connections("nightly-report"):
             while not self._stop.is_set():
                 started = time.perf_counter()
@@ -243,7 +245,8 @@ class Workload:
                         for data in self.tenants[:3]:
                             with conn.transaction():
                                 set_tenant(conn, data.tenant, setting=self.setting)
-                                conn.execute("SELECT count(*) FROM comments").fetchone()
+                                conn.execute("SELECT count(*) FROM comments WHERE tenant_id = %s",
+                                             [data.tenant]).fetchone()
                     else:
                         with conn.transaction():
                             conn.execute("SELECT count(*) FROM comments").fetchone()
