@@ -68,6 +68,11 @@ class DemoResult:
     untouched_unchanged: bool = False
     naive: dict[str, Any] | None = None
     total_s: float = 0.0
+    # For charts: (seconds since the workload started, latency ms) per transaction, and
+    # (stage, start s, end s) on the same clock.
+    timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    stage_marks: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
+    naive_timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
 
 class _Display:
@@ -121,9 +126,13 @@ class _Display:
         self.stage = name
         started = time.perf_counter()
         yield
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        seconds = ended - started
         if result is not None:
             result.stages[name] = round(seconds, 2)
+            if self.load is not None:
+                origin = self.load.stats.started
+                result.stage_marks.append((name, started - origin, ended - origin))
         self.say(f"  {name:<22} {seconds:6.2f} s")
 
 
@@ -248,9 +257,10 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
             finally:
                 stats = load.stop()
         result.workload = stats.summary()
+        result.timeline = list(stats.timeline)
         result.untouched_unchanged = _checksums(dsn) == before
         if naive:
-            result.naive = run_naive(server, scale, threads, echo)
+            result.naive, result.naive_timeline = run_naive(server, scale, threads, echo)
         result.total_s = round(time.perf_counter() - started, 1)
         _print_summary(result, stats, echo)
         if keep:
@@ -307,7 +317,7 @@ NAIVE_STATEMENTS = (
 
 
 def run_naive(server: servers.LocalServer, scale: float, threads: int, echo: Echo
-              ) -> dict[str, Any]:
+              ) -> tuple[dict[str, Any], list[tuple[float, float]]]:
     echo("\nThe naive migration on a fresh copy, same workload:")
     dsn = _new_database(server, "saas_naive", scale)
     load = Workload(server.dsn("saas_naive", user=samples.APP_ROLE), dsn, threads=threads)
@@ -329,6 +339,7 @@ def run_naive(server: servers.LocalServer, scale: float, threads: int, echo: Ech
     summary["migration_errors"] = failed
     for line in failed:
         echo(f"  migration statement failed: {line}")
+    timeline = list(load.stats.timeline)
     echo(f"  {summary['errors']} failed workload transactions (e.g. "
          f"{(summary['error_samples'] or ['none'])[0][:120]})")
-    return summary
+    return summary, timeline
