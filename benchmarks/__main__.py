@@ -13,7 +13,8 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("plan_scale", "backfill", "index", "policy_overhead", "zero_downtime")
+BENCHMARKS = ("plan_scale", "backfill", "index", "policy_overhead", "kill_switch",
+              "zero_downtime")
 RESULTS = Path(__file__).parent / "results"
 
 

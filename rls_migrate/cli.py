@@ -249,6 +249,8 @@ def apply(ctx: click.Context, playbook: Path, stage: str, dsn: str | None, dry_r
         outcome = apply_stage(resolved, pb, stage, source=str(playbook), dry_run=dry_run,
                               force=force)
     _print_result(outcome.result)
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @cli.command()
@@ -333,24 +335,45 @@ def rollback(ctx: click.Context, playbook: Path, target: str, dsn: str | None,
 @click.option("--scale", type=click.FloatRange(0.05, 1000), default=1.0, show_default=True,
               help="size of the sample database (1 = 20 tenants, ~27,000 rows)")
 @click.option("--keep", is_flag=True, help="leave the server running and print its DSN")
+@click.option("--naive", is_flag=True,
+              help="afterwards, run the textbook migration on a fresh copy under the same "
+                   "workload, for comparison")
+@click.option("--threads", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="application workload threads")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("playbooks"), show_default=True,
               help="where the demo writes its playbook")
-def demo(scale: float, keep: bool, workdir: Path) -> None:
-    """Start an embedded PostgreSQL, load the sample SaaS database, and show what doctor,
-    discovery and the plan see.
+def demo(scale: float, keep: bool, naive: bool, threads: int, workdir: Path) -> None:
+    """The whole migration on an embedded PostgreSQL under a live application workload:
+    init, plan, every stage, report (the gate refuses while a forgotten job runs without
+    tenant context), enforce, verify, and a kill-switch drill, with a summary.
 
     \b
-    Example:
-      rls-migrate demo --scale 2 --keep
+    Examples:
+      rls-migrate demo
+      rls-migrate demo --scale 5 --naive
+      rls-migrate demo --keep          # explore the result with psql afterwards
     """
     from rls_migrate.demo import run_demo
 
-    run_demo(scale=scale, keep=keep, workdir=workdir, echo=click.echo)
+    run_demo(scale=scale, keep=keep, naive=naive, threads=threads, workdir=workdir,
+             echo=click.echo)
 
 
 # --------------------------------------------------------------------------- more commands
 # Commands that live beside their library code register here, one line each.
+from rls_migrate.alembic_cli import alembic_group as _alembic_group  # noqa: E402
+
+cli.add_command(_alembic_group)
+from rls_migrate.report import report as _report_command  # noqa: E402
+
+cli.add_command(_report_command)
+from rls_migrate.verify.command import verify_command as _verify_command  # noqa: E402
+
+cli.add_command(_verify_command)
+from rls_migrate.check import check_command as _check_command  # noqa: E402
+
+cli.add_command(_check_command)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rls_migrate.catalog import Catalog
+from rls_migrate.catalog import Catalog, quote_ident
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
                           "RLS unless the table has FORCE ROW LEVEL SECURITY. If the application "
                           "connects as this role, move ownership to a migration role, or plan "
                           "FORCE"))
+    out += migration_role_findings(catalog, app_role)
     pl = catalog.settings.get("track_functions", "none")
     if pl == "none":
         add(Diagnosis("warn", "settings", "track_functions = none: observe mode cannot count "
@@ -82,4 +83,40 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
         add(Diagnosis("warn", "functions", f"{len(unpinned)} SECURITY DEFINER function(s) without "
                       "a fixed search_path: " + ", ".join(f"{f.schema}.{f.name}"
                                                          for f in unpinned[:8])))
+    return out
+
+
+def migration_role_findings(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
+    """The risky migration setup that published tutorials show: the role Alembic connects as
+    (the connecting role here) has BYPASSRLS and owns the tables, and the application shares
+    it or can become it.
+
+    BYPASSRLS is not needed for migrations: an owner bypasses RLS unless the table is
+    FORCEd, and the data work of a rollout runs before FORCE. With it, every session that
+    holds those credentials (data migrations, scripts, an application that shares them, or
+    an application role that is a member and can ``SET ROLE``) reads every tenant's rows."""
+    me = catalog.role(catalog.current_user)
+    if me is None or me.superuser or not me.bypassrls:
+        return []  # a superuser is reported above; no BYPASSRLS, no risk here
+    out: list[Diagnosis] = []
+    name = quote_ident(me.name)
+    remedy = (f"Run migrations as the owner without BYPASSRLS (ALTER ROLE {name} "
+              "NOBYPASSRLS) and the application as a separate role that owns nothing (README: "
+              "Migrations without BYPASSRLS)")
+    owned = catalog.owned_by(me.name)
+    if app_role is not None and app_role != me.name and (
+            me.name in catalog.role_memberships(app_role)):
+        out.append(Diagnosis(
+            "warn", "migrations",
+            f"the application role {app_role!r} is a member of {me.name!r}, which has "
+            f"BYPASSRLS: it can SET ROLE {name} and read every tenant's rows. REVOKE "
+            f"{name} FROM {quote_ident(app_role)}; {remedy}"))
+    if owned:
+        shared = " and the application connects as it too" if app_role == me.name else ""
+        out.append(Diagnosis(
+            "warn", "migrations",
+            f"the migration role {me.name!r} has BYPASSRLS and owns {len(owned)} table(s)"
+            f"{shared}: anything run with its credentials sees every tenant's rows, and "
+            "BYPASSRLS is not needed (an owner already bypasses RLS unless the table is "
+            f"FORCEd; backfills run before FORCE). {remedy}"))
     return out

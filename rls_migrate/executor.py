@@ -882,6 +882,11 @@ class Executor:
             )
 
     def _record(self, step: Step, outcome: StepOutcome, *, quiet: bool = False) -> None:
+        if quiet and self.conn.broken:
+            # The session died (its backend was terminated): nothing can be journaled on it,
+            # and the step's own error is the one to raise.
+            self.log.error("journal.write_failed", step=outcome.step_id, error="connection lost")
+            return
         try:
             self.journal.record(step, outcome.outcome, outcome.attempts, outcome.started,
                                 outcome.finished, outcome.error, outcome.details,

@@ -252,6 +252,11 @@ class IndexOptions(Strict):
     tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
     twin_min_scans: int = Field(
         default=1, ge=0, description="twin an existing index used at least this often")
+    tenant_foreign_keys: bool = Field(
+        default=False,
+        description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "
+                    "parent_id) -> parent (tenant, id): a child's tenant always equals its "
+                    "parent's")
 
 
 class Options(Strict):

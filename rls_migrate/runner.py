@@ -46,31 +46,33 @@ def register_gate(stage: str) -> Callable[[Gate], Gate]:
 
 @Executor.register("backfill")
 def _backfill_handler(executor: Executor, step: Step) -> StepOutcome:
-    assert step.backfill is not None
+    """Batches, checkpoints and retries are :func:`run_backfill`'s; this maps its result to
+    the step's outcome. A table finished by an earlier run (its rows left empty on purpose:
+    orphans skipped) is inspected again, filled where rows went missing, else skipped."""
     started = _now()
-    earlier = journal_mod.load_checkpoint(executor.conn, step.backfill.table)
-    if earlier is not None and earlier.finished:
-        # Finished before, with rows left empty on purpose (orphans skipped): nothing to do.
-        return StepOutcome.finish(step, "skipped", started=started,
-                                  details={"reason": "finished earlier", "rows": earlier.rows_done,
-                                           "batches": earlier.batches})
 
     def progress(table: Any, rows: int, total: int) -> None:
         if executor.progress is not None:
             executor.progress.step_advance(step, rows, total or None)
 
-    result = run_backfill(executor.conn, step.backfill, executor.options,
-                          log=executor.log.info, progress=progress,
-                          total_estimate=step.estimate.rows)
+    result = run_backfill(executor, step, progress=progress)
     ms = sorted(result.batch_ms)
     details = {
-        "rows": result.rows, "batches": result.batches, "resumed": result.resumed,
+        "rows": result.rows, "batches": result.batches, "rows_this_run": result.rows_this_run,
+        "batches_this_run": result.batches_this_run, "resumed": result.resumed,
+        "passes": result.passes, "retries": result.retries,
+        "writers_waited_ms": round(result.writers_waited_ms, 1),
         "orphans": result.orphans, "orphan_sample": result.orphan_sample,
         "conflicts": result.conflicts, "conflict_sample": result.conflict_sample,
-        "batch_ms_p50": ms[len(ms) // 2] if ms else None,
-        "batch_ms_max": ms[-1] if ms else None,
+        "batch_ms_p50": round(ms[len(ms) // 2], 1) if ms else None,
+        "batch_ms_p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1) if ms else None,
+        "batch_ms_max": round(ms[-1], 1) if ms else None,
     }
-    return StepOutcome.finish(step, "done", started=started, details=details)
+    if result.finished_earlier:
+        return StepOutcome.finish(step, "skipped", started=started, attempts=0,
+                                  details={"reason": "finished earlier", **details})
+    return StepOutcome.finish(step, "done", started=started, attempts=1 + result.retries,
+                              details=details)
 
 
 @Executor.register("upgrade_schema")
@@ -86,6 +88,7 @@ class ApplyResult:
     stage: str
     result: StageResult
     plan: StagePlan
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _open(dsn: str, command: str) -> psycopg.Connection[Any]:
@@ -99,21 +102,40 @@ def _plan(conn: psycopg.Connection[Any], playbook: Playbook, source: str,
 
 
 def _require_previous(conn: psycopg.Connection[Any], journal: journal_mod.Journal, plan: Plan,
-                      stage: str) -> None:
+                      stage: str) -> list[str]:
     """A stage runs only once every step of the stages before it is done: its done check
-    passes, or the journal has it done (a backfill that skipped orphans)."""
+    passes, or the journal has it done (a backfill that skipped orphans).
+
+    A step the journal has never seen, of a stage that did run, appeared in the plan since
+    (the index stage twins indexes by their usage, which grows with traffic): it does not
+    block later stages; the returned notes say how to add it."""
     index = STAGES.index(stage)
+    ran = {row.stage for row in journal.step_rows()}
+    notes: list[str] = []
     for earlier in plan.stages:
         if STAGES.index(earlier.name) >= index or earlier.name not in APPLICABLE:
             continue
+        new: list[str] = []
         for step in earlier.steps:
             if step.done_check is None:
                 continue
             row = conn.execute(step.done_check).fetchone()
-            if not (row and row[0]) and journal.step_status(step.id) != "done":
-                raise GateClosed(
-                    f"stage {stage} needs stage {earlier.name} first ({step.id} is not done): "
-                    f"run `rls-migrate apply PLAYBOOK --stage {earlier.name}`")
+            if row and row[0]:
+                continue
+            status = journal.step_status(step.id)
+            if status == "done":
+                continue
+            if status is None and earlier.name in ran:
+                new.append(step.id)
+                continue
+            raise GateClosed(
+                f"stage {stage} needs stage {earlier.name} first ({step.id} is not done): "
+                f"run `rls-migrate apply PLAYBOOK --stage {earlier.name}`")
+        if new:
+            notes.append(f"stage {earlier.name} has {len(new)} new step(s) since it ran "
+                         f"({', '.join(new[:3])}{' ...' if len(new) > 3 else ''}): run "
+                         f"`rls-migrate apply PLAYBOOK --stage {earlier.name}` to add them")
+    return notes
 
 
 def apply_stage(
@@ -148,7 +170,7 @@ def apply_stage(
                 StepOutcome.finish(s, "would-run", started=_now()) for s in plan.stage(stage)),
                 True), plan.stage(stage))
         journal = journal_mod.Journal(conn)
-        _require_previous(conn, journal, plan, stage)
+        notes = _require_previous(conn, journal, plan, stage)
         with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
@@ -162,9 +184,11 @@ def apply_stage(
                 result = executor.run(plan.stage(stage), dry_run=dry_run)
                 outcome = "done"
             finally:
-                if run_id is not None:
+                # A session that died (terminated build) cannot journal; the step's own
+                # error is the one to report.
+                if run_id is not None and not conn.broken:
                     journal.finish_run(outcome)
-        return ApplyResult(stage, result, plan.stage(stage))
+        return ApplyResult(stage, result, plan.stage(stage), notes)
 
 
 def rollback_to(
@@ -244,3 +268,5 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
 
 
 __all__ = ["APPLICABLE", "ApplyResult", "StepFailed", "apply_stage", "rollback_to", "status"]
+
+from rls_migrate import report as _report  # noqa: E402, F401  (registers the enforce gate)

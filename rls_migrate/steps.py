@@ -101,6 +101,9 @@ class BackfillSpec:
     single_statement_sql: Query  # the whole fill as one UPDATE (SQL scripts, benchmarks)
     orphans_sql: Query | None
     conflicts_sql: Query | None
+    # Settings each batch transaction sets locally: with an index on the parent's key, no
+    # hash or merge join, which would read the whole parent once per batch.
+    batch_settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ from rls_migrate.steps import Step
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC = Path(sys.executable).with_name("alembic")
 TABLES = {"runs", "journal", "step_state", "backfill_checkpoint", "backfill_batches",
-          "anomalies", "alembic_version"}
+          "anomalies", "alembic_version", "violation_samples", "counter_snapshots"}
+HEAD = "0002"
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -69,12 +70,12 @@ def a_step(step_id: str = "add_column:public.t", stage: str = "add-column",
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(empty_db: str) -> None:
-    assert jr.head_revision() == "0001"
+    assert jr.head_revision() == HEAD
     jr.upgrade_schema(empty_db)
     assert schema_tables(empty_db) == TABLES
     jr.upgrade_schema(empty_db)  # again: nothing to do, no error
     with connect(empty_db) as conn:
-        assert jr.schema_revision(conn) == "0001"
+        assert jr.schema_revision(conn) == HEAD
         assert conn.execute("SELECT count(*) FROM rls_migrate.alembic_version").fetchone() == (1,)
 
 
@@ -83,7 +84,7 @@ def test_upgrade_on_an_existing_connection_restores_its_mode(empty_db: str) -> N
         assert jr.schema_revision(conn) is None
         jr.upgrade_schema(conn)
         assert conn.autocommit is True
-        assert jr.schema_revision(conn) == "0001"
+        assert jr.schema_revision(conn) == HEAD
         jr.upgrade_schema(conn)
         conn.execute("SELECT 1")  # still usable
     with psycopg.connect(empty_db) as conn:  # not autocommit
@@ -143,7 +144,7 @@ def test_alembic_cli_upgrade_and_downgrade(empty_db: str) -> None:
     assert schema_tables(empty_db) == TABLES
     current = _alembic("current", env={"RLS_MIGRATE_DSN": empty_db})
     assert current.returncode == 0, current.stderr
-    assert "0001 (head)" in current.stdout
+    assert f"{HEAD} (head)" in current.stdout
     down = _alembic("downgrade", "base", env={"RLS_MIGRATE_DSN": empty_db})
     assert down.returncode == 0, down.stderr
     assert not schema_exists(empty_db)

@@ -1,29 +1,36 @@
 """backfill: fill the tenant column of derived tables in short keyset batches.
 
-Parents before children, so each batch is one join with the parent. Each batch is its own
-transaction and writes its checkpoint in that same transaction: a run killed at any point
-resumes after the last committed batch and never applies a batch twice. The loop is bounded
-by the largest key present when the table's backfill starts (later rows are filled by the
-sync trigger), so it ends even under a heavy insert load. Batch size adapts to a target
-duration (default 200 ms).
+Parents before children, so each batch is one join with the parent (probed by index when
+the parent's key has one: a hash or merge join would read the whole parent per batch).
+
+Running (:func:`run_backfill`): each batch is one :meth:`Executor.run_in_transaction`
+(timeouts set on every attempt, lock timeouts retried with backoff), pipelined to three
+round trips, and writes its batch record and checkpoint with the journal's functions on
+its own cursor: a run killed at any point resumes after the last committed batch and never
+applies a batch twice. A pass is bounded by the largest key present when it starts (later
+rows get their key from the sync trigger), so it ends under any insert load; before reading
+that bound it waits for the transactions writing the table then, which may have read a
+parent not yet filled. Batch size adapts to ``batch_target``; replica lag and
+anti-wraparound vacuums pause the run. At the end the table is inspected: orphans and
+conflicts are recorded, rows still without a key get another pass. Row-level security
+that filters the migration role fails the step instead of letting it "finish".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.playbook import Options
 from rls_migrate.stages.common import (
-    TOOLKIT_SCHEMA,
     PlanContext,
     TenantTable,
     regclass_text,
@@ -32,7 +39,11 @@ from rls_migrate.stages.common import (
 )
 from rls_migrate.steps import BackfillSpec, Lock, Query, StagePlan, Step
 
+if TYPE_CHECKING:
+    from rls_migrate.executor import Executor
+
 SAMPLE_SIZE = 10
+Executes: TypeAlias = psycopg.Connection[Any] | psycopg.Cursor[Any]
 
 
 def _key_expr(columns: Sequence[str], alias: str) -> sql.Composable:
@@ -65,8 +76,10 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
     fill = sql.SQL("UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p WHERE {match}").format(
         t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent, match=match)
-    no_parent = sql.SQL("NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match})").format(
-        parent=parent, match=match)
+    # A row whose parent is gone, or whose parent has no tenant either, cannot get one.
+    no_parent = sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)"
+    ).format(parent=parent, match=match, pcol=sql.Identifier(entry.parent_column))
     ahead: Query
     first_ahead: Query
     max_key: Query
@@ -119,9 +132,16 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
         " AND {no_parent}").format(key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, col=col,
                                    no_parent=no_parent)
+    # One scan for two findings: conflicts (a key that differs from the parent's) and
+    # unfilled rows (no key although the parent has one: written by a transaction that read
+    # the parent before the parent's backfill committed; another pass fills them).
     conflicts = sql.SQL(
-        "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c JOIN {parent} AS p ON {match}"
-        " WHERE c.{col} IS DISTINCT FROM p.{pcol}").format(
+        "SELECT count(*) FILTER (WHERE c.{col} IS NOT NULL),"
+        " (array_agg({key}) FILTER (WHERE c.{col} IS NOT NULL))[1:{n}],"
+        " count(*) FILTER (WHERE c.{col} IS NULL),"
+        " (array_agg({key}) FILTER (WHERE c.{col} IS NULL))[1:{n}]"
+        " FROM {t} AS c JOIN {parent} AS p ON {match}"
+        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM p.{pcol}").format(
         key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, parent=parent, match=match, col=col,
         pcol=sql.Identifier(entry.parent_column))
     return BackfillSpec(
@@ -129,7 +149,29 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         parent=entry.parent.qname, batch_sql=batch, first_batch_sql=first, next_key_sql=ahead,
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
         single_statement_sql=sql.SQL("{} AND c.{} IS NULL").format(fill, col),
-        orphans_sql=orphans, conflicts_sql=conflicts)
+        orphans_sql=orphans, conflicts_sql=conflicts,
+        batch_settings=PROBE_PARENT if _parent_indexed(ctx, entry) else ())
+
+
+PROBE_PARENT = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
+"""A batch fills a few thousand rows, whose parents are as many index probes; a hash or
+merge join reads the whole parent instead, once per batch (a 10-million-row parent would
+make every batch take seconds), and the planner picks one for batches of a few thousand
+rows already."""
+
+
+def _parent_indexed(ctx: PlanContext, entry: TenantTable) -> bool:
+    """Whether a valid plain btree index leads with the parent's referenced columns (a
+    foreign key's target always has one; a hint's may not, and then a nested loop would
+    scan the parent once per row)."""
+    assert entry.parent is not None
+    parent = ctx.catalog.tables.get(entry.parent.qname)
+    if parent is None:
+        return False
+    wanted = set(entry.parent.ref_columns)
+    return any(
+        index.method == "btree" and index.is_valid and index.predicate is None
+        and set(index.columns[:len(wanted)]) == wanted for index in parent.indexes)
 
 
 def plan(ctx: PlanContext) -> StagePlan:
@@ -185,25 +227,356 @@ def plan(ctx: PlanContext) -> StagePlan:
 
 # --------------------------------------------------------------------------- running
 
+WRITERS_WAIT_S = 60.0
+"""At most this long, before a pass reads its bound, for transactions already writing the
+table to end (see :func:`_wait_for_writers`)."""
+MAX_SWEEPS = 2
+"""Extra passes over the table when unfilled rows remain after a pass."""
+TIMEOUT_SHRINKS = 3
+"""Times in a row a batch that hit its statement_timeout is retried at a quarter size."""
+
 
 @dataclasses.dataclass
 class BackfillResult:
+    """What a run did. ``rows`` and ``batches`` count every run of the table (they come
+    from the checkpoint); the ``*_this_run`` fields only this one."""
+
     table: QualifiedName
     rows: int = 0
     batches: int = 0
+    rows_this_run: int = 0
+    batches_this_run: int = 0
     resumed: bool = False
+    finished_earlier: bool = False
+    passes: int = 0
+    retries: int = 0
+    writers_waited_ms: float = 0.0
     batch_ms: list[float] = dataclasses.field(default_factory=list)
     orphans: int = 0
     orphan_sample: list[str] = dataclasses.field(default_factory=list)
     conflicts: int = 0
     conflict_sample: list[str] = dataclasses.field(default_factory=list)
+    unfilled: int = 0
+    unfilled_sample: list[str] = dataclasses.field(default_factory=list)
 
 
 ProgressCallback = Callable[[QualifiedName, int, int], None]
 
 
-def _checkpoint_table(name: str) -> sql.Identifier:
-    return sql.Identifier(TOOLKIT_SCHEMA, name)
+@dataclasses.dataclass
+class _Pass:
+    """The walk in progress: keys (last_key, max_key] are left; None: from the start."""
+
+    last_key: list[str] | None
+    max_key: list[str] | None
+    finished: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    hi: list[str]
+    last: bool
+    rows: int
+    ms: float
+    keys: int  # the size asked for: what the batch's time depends on
+
+
+class _Sizer:
+    """Keys (pages for ctid walks) per batch, from a smoothed rate, so that a batch takes
+    about ``batch_target``. A faster batch raises the estimate by half the difference (one
+    quick batch is often just a warm cache); a batch well over the target resets it at once
+    (the table got busier: the next batch must not be as slow); the size at most doubles
+    from one batch to the next."""
+
+    def __init__(self, options: Options, uses_ctid: bool) -> None:
+        opts = options.backfill
+        self.target = opts.batch_target
+        # A ctid batch counts pages: about 50 rows each in a typical table.
+        size = opts.batch_start_rows if not uses_ctid else max(opts.batch_start_rows // 50, 1)
+        self.max = opts.batch_max_rows if not uses_ctid else max(opts.batch_max_rows // 20, 1)
+        self.min = opts.batch_min_rows if not uses_ctid else 1
+        self.size = min(max(size, self.min), self.max)
+        self.rate: float | None = None  # keys per ms
+
+    def adapt(self, keys: int, elapsed_ms: float) -> None:
+        if elapsed_ms <= 0 or keys <= 0:
+            return
+        rate = keys / elapsed_ms
+        if self.rate is None or elapsed_ms > self.target * 1.25:
+            self.rate = rate
+        else:
+            self.rate = (self.rate + rate) / 2
+        wanted = self.rate * self.target
+        self.size = int(min(max(wanted, self.min), self.max, self.size * 2))
+
+    def shrink(self) -> bool:
+        """A quarter of the size after a statement timeout; False when already minimal."""
+        if self.size <= self.min:
+            return False
+        self.size = max(self.size // 4, self.min)
+        self.rate = None
+        return True
+
+
+def run_backfill(
+    executor: Executor,
+    step: Step,
+    *,
+    progress: ProgressCallback | None = None,
+) -> BackfillResult:
+    """Run (or resume) the backfill of ``step``'s table on ``executor.conn`` (autocommit,
+    left idle).
+
+    Each batch is one :meth:`Executor.run_in_transaction` (timeouts set on every attempt,
+    lock timeouts and deadlocks retried with backoff): find the batch's upper key, UPDATE,
+    :func:`~rls_migrate.journal.record_batch` and :func:`~rls_migrate.journal.save_checkpoint`
+    on the batch's cursor, so the batch and its checkpoint commit together. A pass walks the
+    keys up to the largest one present when it starts (later rows get their key from the
+    sync trigger), then the table is inspected: orphans and conflicts are recorded, and rows
+    still unfilled (written by a transaction that read its parent before the parent was
+    filled) get another pass, at most :data:`MAX_SWEEPS` times.
+
+    Raises :class:`StepFailed` when row-level security hides rows from the migration role
+    (:func:`_refuse_if_rls_filters`), for orphans with ``orphans: stop``, and when a batch
+    keeps hitting its statement timeout.
+    """
+    spec = step.backfill
+    if spec is None:
+        raise ValueError(f"step {step.id} has no backfill spec")
+    options = executor.options
+    opts = options.backfill
+    conn = executor.conn
+    journal = executor.journal
+    result = BackfillResult(spec.table)
+    _refuse_if_rls_filters(conn, spec, "it may not see every row")
+    if opts.user_triggers == "skip":
+        _check_trigger_skipping(conn, spec)
+    ckpt = journal.load_checkpoint(spec.table)
+    if ckpt is None:
+        walk = _start_pass(executor, spec, result)
+    else:
+        result.rows, result.batches = int(ckpt.rows_done), int(ckpt.batches)
+        walk = _Pass(_keys(ckpt.last_key), _keys(ckpt.max_key), bool(ckpt.finished))
+        result.resumed = not walk.finished
+        result.finished_earlier = walk.finished
+        if result.resumed:
+            executor.log.info("backfill.resume", table=str(spec.table), batches=result.batches,
+                              rows=result.rows, last_key=walk.last_key)
+    sizer = _Sizer(options, spec.uses_ctid)
+    batch_timeout_ms = max(options.ddl_statement_timeout, opts.batch_target * 25)
+    sweeps = 0
+    while True:
+        shrinks = 0
+        while not walk.finished and walk.max_key is not None:
+            _wait_until_safe(executor, spec.table)
+            try:
+                # Pipelined: a batch is three round trips (BEGIN, timeouts, settings and
+                # the batch's end; the UPDATE; the journal and COMMIT), not eight.
+                with conn.pipeline() as pipeline:
+                    batch, attempts = executor.run_in_transaction(
+                        step, _batch_body(executor, spec, walk, sizer.size, result, pipeline),
+                        lock=Lock.ROW_EXCLUSIVE, statement_timeout_ms=batch_timeout_ms,
+                        action=f"backfill batch {result.batches + 1}")
+            except psycopg.errors.QueryCanceled:
+                # Slower than 25 times the target (an I/O stall, a cold cache): a smaller
+                # batch, rather than a failed step.
+                if shrinks >= TIMEOUT_SHRINKS or not sizer.shrink():
+                    raise StepFailed(
+                        f"backfill of {spec.table}: batch {result.batches + 1} of "
+                        f"{sizer.size} row(s) after key {walk.last_key} exceeded its "
+                        f"statement_timeout ({batch_timeout_ms:.0f} ms) {shrinks + 1} time(s). "
+                        "Raise options.ddl_statement_timeout, or lower "
+                        "options.backfill.batch_min_rows") from None
+                shrinks += 1
+                executor.log.warning("backfill.batch_timeout", table=str(spec.table),
+                                     batch=result.batches + 1, new_size=sizer.size)
+                continue
+            shrinks = 0
+            result.retries += attempts - 1
+            result.rows += batch.rows
+            result.rows_this_run += batch.rows
+            result.batches += 1
+            result.batches_this_run += 1
+            result.batch_ms.append(batch.ms)
+            walk.last_key, walk.finished = batch.hi, batch.last
+            if progress is not None:
+                progress(spec.table, result.rows, step.estimate.rows)
+            sizer.adapt(batch.keys, batch.ms)
+            if opts.pause and not walk.finished:
+                executor.sleep(opts.pause / 1000)
+        _inspect(conn, spec, result)
+        if not result.unfilled or sweeps >= MAX_SWEEPS:
+            break
+        sweeps += 1
+        result.finished_earlier = False
+        executor.log.info("backfill.sweep", table=str(spec.table), unfilled=result.unfilled,
+                          sample=result.unfilled_sample)
+        walk = _start_pass(executor, spec, result)
+    if result.orphans:
+        journal.record_anomaly(spec.table, "orphan", result.orphans, result.orphan_sample)
+    if result.conflicts:
+        journal.record_anomaly(spec.table, "conflict", result.conflicts, result.conflict_sample)
+    if result.unfilled:
+        raise StepFailed(
+            f"backfill of {spec.table}: {result.unfilled} row(s) still have no "
+            f"{spec.column} although their parent in {spec.parent} has one, after "
+            f"{sweeps + 1} pass(es) (sample keys: {', '.join(result.unfilled_sample)}). "
+            "Rows keep being written without the key: check that the sync trigger of "
+            "add-column is enabled, then run the stage again")
+    if result.orphans and opts.orphans == "stop":
+        raise StepFailed(
+            f"backfill of {spec.table}: {result.orphans} row(s) have no parent in {spec.parent} "
+            f"carrying a tenant, so no tenant (sample keys: {', '.join(result.orphan_sample)}). "
+            "Fix or delete them, or set options.backfill.orphans: skip to leave them empty "
+            "(they become invisible to every tenant once policies are enforced, and "
+            "constrain skips NOT NULL)")
+    return result
+
+
+def _keys(value: Sequence[Any] | None) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
+
+
+def _start_pass(executor: Executor, spec: BackfillSpec, result: BackfillResult) -> _Pass:
+    """A new walk over the whole key range, bounded by the largest key present now."""
+    result.writers_waited_ms += _wait_for_writers(executor, spec.table)
+    row = executor.conn.execute(spec.max_key_sql).fetchone()
+    max_key = _keys(row) if row is not None and row[0] is not None else None
+    if max_key is None:
+        # Nothing visible: an empty table, or one whose rows RLS hides from us.
+        _refuse_if_rls_filters(executor.conn, spec, "it found no rows at all")
+    walk = _Pass(None, max_key, max_key is None)
+    executor.journal.save_checkpoint(spec.table, None, max_key, result.rows, result.batches,
+                                     walk.finished)
+    result.passes += 1
+    return walk
+
+
+def _batch_body(
+    executor: Executor, spec: BackfillSpec, walk: _Pass, size: int, result: BackfillResult,
+    pipeline: psycopg.Pipeline,
+) -> Callable[[psycopg.Cursor[Any]], _Batch]:
+    """One batch, as the body of :meth:`Executor.run_in_transaction` in pipeline mode
+    (errors surface at the syncs: a fetch, ``pipeline.sync()``, the COMMIT)."""
+    assert walk.max_key is not None
+    max_key, lo = walk.max_key, walk.last_key
+    batch_no = result.batches + 1
+
+    def body(cur: psycopg.Cursor[Any]) -> _Batch:
+        _batch_settings(cur, spec, executor.options.backfill.user_triggers == "skip")
+        hi, last = _batch_end(cur, spec, lo, max_key, size)
+        statement, params = _batch_statement(spec, lo, hi)
+        started = time.perf_counter()
+        cur.execute(statement, params)
+        pipeline.sync()
+        rows = cur.rowcount
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if rows == 0:
+            # Every row of the range may be an orphan, or hidden by a policy FORCEd on us
+            # since the run started: a silent "finished" is the one wrong answer.
+            _refuse_if_rls_filters(cur, spec, f"batch {batch_no} (keys after {lo} up to {hi}) "
+                                              "updated no row")
+        executor.journal.record_batch(spec.table, batch_no, lo, hi, rows, elapsed_ms, cur=cur)
+        executor.journal.save_checkpoint(spec.table, hi, max_key, result.rows + rows, batch_no,
+                                         last, cur=cur)
+        return _Batch(hi, last, rows, elapsed_ms, size)
+
+    return body
+
+
+def _batch_end(
+    cur: psycopg.Cursor[Any], spec: BackfillSpec, lo: list[str] | None, max_key: list[str],
+    size: int,
+) -> tuple[list[str], bool]:
+    """Where a batch ends: ``size`` keys (pages) after ``lo``, or the pass's bound."""
+    if spec.uses_ctid:
+        lo_page = int(lo[0]) if lo else 0
+        hi_page = min(lo_page + size, int(max_key[0]))
+        return [str(hi_page)], hi_page >= int(max_key[0])
+    if lo is None:
+        row = cur.execute(spec.first_next_key_sql, [*max_key, size - 1]).fetchone()
+    else:
+        row = cur.execute(spec.next_key_sql, [*lo, *max_key, size - 1]).fetchone()
+    if row is None:
+        return list(max_key), True
+    hi = [str(v) for v in row]
+    return hi, hi == list(max_key)
+
+
+def _batch_statement(
+    spec: BackfillSpec, lo: list[str] | None, hi: list[str]
+) -> tuple[Query, list[object]]:
+    if spec.uses_ctid:
+        lo_page = int(lo[0]) if lo else 0
+        return spec.batch_sql, [f"({lo_page},0)", f"({int(hi[0])},0)"]
+    if lo is None:
+        return spec.first_batch_sql, [*hi]
+    return spec.batch_sql, [*lo, *hi]
+
+
+def _refuse_if_rls_filters(db: Executes, spec: BackfillSpec, symptom: str) -> None:
+    """Fail when row-level security applies to the migration role on the table or its
+    parent: the backfill would fill only the rows the policies show it, and report success.
+    Superusers and BYPASSRLS roles are never filtered; a table's owner is, once the table
+    has FORCE ROW LEVEL SECURITY."""
+    tables = [spec.table, *([spec.parent] if spec.parent is not None else [])]
+    filtered = []
+    role = ""
+    for qname in tables:
+        row = db.execute("SELECT row_security_active(%s::regclass::oid), current_user",
+                         [regclass_text(qname)]).fetchone()
+        if row is not None and row[0]:
+            filtered.append(str(qname))
+            role = str(row[1])
+    if filtered:
+        raise StepFailed(
+            f"backfill of {spec.table}: {symptom}, and row-level security filters the "
+            f"migration role {role!r} on {' and '.join(filtered)} (FORCE ROW LEVEL SECURITY "
+            "applies policies to the table owner too): rows the policies hide would stay "
+            "without a tenant while the backfill reports success. Run the backfill as a role "
+            "with BYPASSRLS (roles.migration_bypassrls) or a superuser, or before FORCE ROW "
+            "LEVEL SECURITY (ALTER TABLE ... NO FORCE ROW LEVEL SECURITY for the backfill)")
+
+
+_WRITERS = sql.SQL(
+    "SELECT array_agg(DISTINCT l.virtualtransaction), array_agg(DISTINCT l.pid) FROM pg_locks l"
+    " WHERE l.locktype = 'relation' AND l.granted AND l.mode = 'RowExclusiveLock'"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    # pg_partition_tree lists nothing for a table that is not partitioned.
+    " AND (l.relation = %(t)s::regclass"
+    "      OR l.relation IN (SELECT relid FROM pg_partition_tree(%(t)s::regclass)))"
+    " AND l.pid IS DISTINCT FROM pg_backend_pid()")
+_STILL_RUNNING = sql.SQL(
+    "SELECT array_agg(DISTINCT pid) FROM pg_locks WHERE virtualtransaction = ANY(%s::text[])")
+
+
+def _wait_for_writers(executor: Executor, table: QualifiedName) -> float:
+    """Wait (like CREATE INDEX CONCURRENTLY) for the transactions writing the table right
+    now to end, before a pass reads its bound. Such a transaction may have taken its row's
+    key from a parent not yet filled (the sync trigger found NULL) and commit its row, with
+    a key above the bound, after the bound is read: no batch would ever visit it. Rows
+    written later find their parent filled. Bounded by :data:`WRITERS_WAIT_S` (an idle
+    transaction must not stall the migration); what it misses, the inspection's sweep
+    fills. Returns the milliseconds waited."""
+    conn = executor.conn
+    row = conn.execute(_WRITERS, {"t": regclass_text(table)}).fetchone()
+    if row is None or not row[0]:
+        return 0.0
+    vxids, started, logged = list(row[0]), time.monotonic(), False
+    while True:
+        still = conn.execute(_STILL_RUNNING, [vxids]).fetchone()
+        waited = time.monotonic() - started
+        if still is None or not still[0]:
+            return waited * 1000
+        if waited >= WRITERS_WAIT_S:
+            executor.log.warning("backfill.writers_still_open", table=str(table),
+                                 pids=list(still[0]), waited_s=round(waited, 1))
+            return waited * 1000
+        if not logged and waited >= 1.0:
+            executor.log.info("backfill.waiting_for_writers", table=str(table),
+                              pids=list(still[0]))
+            logged = True
+        executor.sleep(0.02)
 
 
 def _replica_lag_ms(conn: psycopg.Connection[Any]) -> float:
@@ -221,185 +594,49 @@ def _wraparound_vacuum(conn: psycopg.Connection[Any], qname: QualifiedName) -> b
     return bool(row and row[0])
 
 
-def run_backfill(
-    conn: psycopg.Connection[Any],
-    spec: BackfillSpec,
-    options: Options,
-    *,
-    log: Callable[..., None] | None = None,
-    progress: ProgressCallback | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    total_estimate: int = 0,
-) -> BackfillResult:
-    """Run (or resume) the backfill of one table. ``conn`` must be in autocommit mode: each
-    batch opens its own transaction."""
-    opts = options.backfill
-    result = BackfillResult(spec.table)
-    say = log or (lambda *a, **k: None)
-    name = str(spec.table)
-    ckpt = conn.execute(
-        sql.SQL("SELECT last_key, max_key, rows_done, batches, finished FROM {}"
-                " WHERE table_name = %s").format(_checkpoint_table("backfill_checkpoint")),
-        [name]).fetchone()
-    if ckpt is None:
-        row = conn.execute(spec.max_key_sql).fetchone()
-        max_key: list[str] | None = list(row) if row else None
-        conn.execute(
-            sql.SQL("INSERT INTO {} (table_name, last_key, max_key, rows_done, batches, finished,"
-                    " updated_at) VALUES (%s, NULL, %s, 0, 0, %s, now())"
-                    " ON CONFLICT (table_name) DO NOTHING").format(
-                _checkpoint_table("backfill_checkpoint")),
-            [name, json.dumps(max_key), max_key is None])
-        last_key: list[str] | None = None
-        finished = max_key is None
-    else:
-        last_key = ckpt[0]
-        max_key = ckpt[1]
-        result.rows, result.batches = int(ckpt[2]), int(ckpt[3])
-        finished = bool(ckpt[4])
-        result.resumed = True
-        say("backfill resuming", table=name, batches=result.batches, rows=result.rows)
-    size = opts.batch_start_rows if not spec.uses_ctid else max(opts.batch_start_rows // 50, 1)
-    max_size = opts.batch_max_rows if not spec.uses_ctid else max(opts.batch_max_rows // 20, 1)
-    min_size = opts.batch_min_rows if not spec.uses_ctid else 1
-    batch_timeout_ms = max(options.ddl_statement_timeout, opts.batch_target * 25)
-    while not finished and max_key is not None:
-        _wait_until_safe(conn, spec.table, options, say, sleep)
-        # Where this batch ends: ``size`` keys ahead, or the bound taken at the start.
-        if spec.uses_ctid:
-            lo_page = int(last_key[0]) if last_key else 0
-            hi_page = min(lo_page + size, int(max_key[0]))
-            hi: list[str] = [str(hi_page)]
-            last = hi_page >= int(max_key[0])
-            params: list[object] = [f"({lo_page},0)", f"({hi_page},0)"]
-            statement = spec.batch_sql
-        else:
-            if last_key is None:
-                row = conn.execute(spec.first_next_key_sql, [*max_key, size - 1]).fetchone()
-            else:
-                row = conn.execute(spec.next_key_sql, [*last_key, *max_key, size - 1]).fetchone()
-            if row is None:
-                hi, last = list(max_key), True
-            else:
-                hi, last = list(row), list(row) == list(max_key)
-            if last_key is None:
-                params, statement = [*hi], spec.first_batch_sql
-            else:
-                params, statement = [*last_key, *hi], spec.batch_sql
-        rows, elapsed_ms = _run_batch(conn, spec, statement, params, result.batches + 1,
-                                      last_key, hi, last, options, batch_timeout_ms, say, sleep)
-        result.rows += rows
-        result.batches += 1
-        result.batch_ms.append(elapsed_ms)
-        last_key = hi
-        finished = last
-        if progress:
-            progress(spec.table, result.rows, total_estimate)
-        if elapsed_ms > 0:
-            factor = min(max(opts.batch_target / elapsed_ms, 0.5), 2.0)
-            size = int(min(max(size * factor, min_size), max_size))
-        if opts.pause and not finished:
-            sleep(opts.pause / 1000)
-    _inspect(conn, spec, result)
-    if result.orphans:
-        _record_anomaly(conn, name, "orphan", result.orphans, result.orphan_sample)
-    if result.conflicts:
-        _record_anomaly(conn, name, "conflict", result.conflicts, result.conflict_sample)
-    if result.orphans and opts.orphans == "stop":
-        raise StepFailed(
-            f"backfill of {spec.table}: {result.orphans} row(s) have no parent in {spec.parent}, "
-            f"so no tenant (sample keys: {', '.join(result.orphan_sample)}). Fix or delete them, "
-            "or set options.backfill.orphans: skip to leave them empty (they become invisible "
-            "to every tenant once policies are enforced, and constrain skips NOT NULL)")
-    return result
-
-
-def _wait_until_safe(
-    conn: psycopg.Connection[Any],
-    table: QualifiedName,
-    options: Options,
-    say: Callable[..., None],
-    sleep: Callable[[float], None],
-) -> None:
-    bound = options.backfill.max_replica_lag
-    waited = 0.0
+def _wait_until_safe(executor: Executor, table: QualifiedName) -> None:
+    """Pause while a replica lags more than ``max_replica_lag``, and while an
+    anti-wraparound autovacuum works on the table (it does not yield to lock conflicts as
+    other autovacuums do, and every batch adds to its work)."""
+    bound = executor.options.backfill.max_replica_lag
+    paused = False
     while True:
         reasons = []
         if bound is not None:
-            lag = _replica_lag_ms(conn)
+            lag = _replica_lag_ms(executor.conn)
             if lag > bound:
                 reasons.append(f"replica replay lag {lag:.0f} ms > {bound:.0f} ms")
-        if _wraparound_vacuum(conn, table):
+        if _wraparound_vacuum(executor.conn, table):
             reasons.append("an anti-wraparound autovacuum is running on the table")
         if not reasons:
+            if paused:
+                executor.log.info("backfill.resumed", table=str(table))
             return
-        if waited == 0.0:
-            say("backfill paused", table=str(table), reasons=reasons)
-        sleep(0.5)
-        waited += 0.5
+        if not paused:
+            executor.log.info("backfill.paused", table=str(table), reasons=reasons)
+            paused = True
+        executor.sleep(0.5)
 
 
-def _run_batch(
-    conn: psycopg.Connection[Any],
-    spec: BackfillSpec,
-    statement: Query,
-    params: list[object],
-    batch_no: int,
-    lo: list[str] | None,
-    hi: list[str],
-    last: bool,
-    options: Options,
-    timeout_ms: float,
-    say: Callable[..., None],
-    sleep: Callable[[float], None],
-) -> tuple[int, float]:
-    """One batch, its batch record and its checkpoint, in one transaction; retried on lock
-    timeouts with jittered backoff (the timeouts are set again on every attempt)."""
-    import random
-
-    name = str(spec.table)
-    for attempt in range(options.retries + 1):
-        try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true),"
-                             " set_config('statement_timeout', %s, true)",
-                             [f"{int(options.lock_timeout)}ms", f"{int(timeout_ms)}ms"])
-                if options.backfill.user_triggers == "skip":
-                    # User triggers (updated_at!) must not see the backfill as a change.
-                    _skip_user_triggers(conn, spec)
-                started = time.perf_counter()
-                cur = conn.execute(statement, params)
-                rows = cur.rowcount
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                conn.execute(
-                    sql.SQL("INSERT INTO {} (table_name, batch_no, lo, hi, rows, duration_ms, at)"
-                            " VALUES (%s, %s, %s, %s, %s, %s, now())").format(
-                        _checkpoint_table("backfill_batches")),
-                    [name, batch_no, json.dumps(lo), json.dumps(hi), rows, elapsed_ms])
-                conn.execute(
-                    sql.SQL("UPDATE {} SET last_key = %s, rows_done = rows_done + %s,"
-                            " batches = %s, finished = %s, updated_at = now()"
-                            " WHERE table_name = %s").format(
-                        _checkpoint_table("backfill_checkpoint")),
-                    [json.dumps(hi), rows, batch_no, last, name])
-            return rows, elapsed_ms
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
-                psycopg.errors.QueryCanceled) as exc:
-            if attempt >= options.retries:
-                raise StepFailed(
-                    f"backfill of {spec.table}: batch {batch_no} could not get its row locks "
-                    f"within lock_timeout after {attempt + 1} attempts ({type(exc).__name__})"
-                ) from None
-            delay = min(options.backoff_initial * 2 ** attempt, options.backoff_max)
-            say("backfill batch retry", table=name, batch=batch_no, attempt=attempt + 1,
-                error=type(exc).__name__)
-            sleep(random.uniform(0, delay) / 1000)
-    raise AssertionError("unreachable")
+def _batch_settings(cur: psycopg.Cursor[Any], spec: BackfillSpec, skip_triggers: bool) -> None:
+    """The batch transaction's local settings: the spec's planner settings, and
+    ``session_replication_role = replica`` so that user triggers (updated_at!) do not see
+    the backfill as a change (:func:`_check_trigger_skipping` made sure we may)."""
+    settings = list(spec.batch_settings)
+    if skip_triggers:
+        settings.append(("session_replication_role", "replica"))
+    if settings:
+        cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+            sql.SQL("set_config(%s, %s, true)") for _ in settings)),
+            [v for pair in settings for v in pair])
 
 
-def _skip_user_triggers(conn: psycopg.Connection[Any], spec: BackfillSpec) -> None:
+def _check_trigger_skipping(conn: psycopg.Connection[Any], spec: BackfillSpec) -> None:
+    """Fail up front, in words, when the role may not set session_replication_role (in a
+    pipelined batch the error would surface later, at the next sync)."""
     try:
-        conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
+        with conn.transaction():
+            conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
     except psycopg.errors.InsufficientPrivilege:
         raise StepFailed(
             f"backfill of {spec.table}: skipping user triggers needs the right to set "
@@ -410,6 +647,7 @@ def _skip_user_triggers(conn: psycopg.Connection[Any], spec: BackfillSpec) -> No
 
 
 def _inspect(conn: psycopg.Connection[Any], spec: BackfillSpec, result: BackfillResult) -> None:
+    """Orphans, conflicts and unfilled rows, with sample keys (two scans of the table)."""
     if spec.orphans_sql is not None:
         row = conn.execute(spec.orphans_sql).fetchone()
         if row:
@@ -420,16 +658,5 @@ def _inspect(conn: psycopg.Connection[Any], spec: BackfillSpec, result: Backfill
         if row:
             result.conflicts = int(row[0])
             result.conflict_sample = [str(k) for k in (row[1] or [])]
-
-
-def _record_anomaly(
-    conn: psycopg.Connection[Any], table: str, kind: str, count: int, sample: list[str]
-) -> None:
-    conn.execute(
-        sql.SQL("INSERT INTO {} (table_name, kind, count, sample, found_at)"
-                " VALUES (%s, %s, %s, %s, now()) ON CONFLICT (table_name, kind) DO UPDATE"
-                " SET count = EXCLUDED.count, sample = EXCLUDED.sample,"
-                " found_at = EXCLUDED.found_at").format(_checkpoint_table("anomalies")),
-        [table, kind, count, json.dumps(sample)])
-
-
+            result.unfilled = int(row[2])
+            result.unfilled_sample = [str(k) for k in (row[3] or [])]

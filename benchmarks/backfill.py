@@ -1,0 +1,202 @@
+"""Backfill throughput: the batched backfill of `comments` against one `UPDATE ... FROM` of
+the same rows (`BackfillSpec.single_statement_sql`, the baseline), in the same run, on an
+embedded server with the sample database (scale 100: 1,000,000 comments).
+
+Both fill `comments.tenant_id` from `issues.tenant_id` after the rest of the backfill stage
+has run. Before every measured run the column is reset to NULL, the table is rewritten
+(`VACUUM FULL`, as fresh as right after add-column: packed pages, so neither method gets
+free space for HOT updates the other did not) and analyzed, and the server checkpoints.
+The two methods alternate over two rounds (batched first, then single first) so neither
+always runs on a warmer cache. Both skip user triggers the same way
+(`session_replication_role = replica`).
+
+Reported: rows/s of the batch loop (`backfill_loop`), of the whole step including the
+end-of-table inspection for orphans, conflicts and unfilled rows (`backfill_step`), and of
+the single statement; per-batch UPDATE duration p50/p99 from
+`rls_migrate.backfill_batches.duration_ms`. Targets (issue [apply-data]): the batch loop
+>= 85% of the single statement's throughput, p99 batch <= 300 ms.
+
+`BENCH_BACKFILL_SCALE` overrides the scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from rls_migrate import samples
+from rls_migrate.catalog import Catalog
+from rls_migrate.demo import decide_sample_todos
+from rls_migrate.discover import discover
+from rls_migrate.executor import Executor
+from rls_migrate.init import build_playbook_yaml
+from rls_migrate.journal import Journal
+from rls_migrate.planner import build_plan
+from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.runner import apply_stage
+from rls_migrate.stages.backfill import BackfillResult, _inspect, run_backfill
+from rls_migrate.steps import Step
+from rls_migrate.testing import servers
+
+RESULTS = Path(__file__).parent / "results"
+TABLE = "public.comments"
+TARGET_RATIO = 0.85
+TARGET_P99_MS = 300.0
+
+
+def playbook_for(conn: psycopg.Connection[Any]) -> Playbook:
+    """init's playbook with the sample's decisions (audit_log a hint, orphans skipped) and
+    the default backfill options (batch_target 200 ms)."""
+    catalog = Catalog.load(conn)
+    text = build_playbook_yaml(discover(catalog, "accounts", app_role="app_user"), catalog,
+                               app_role="app_user")
+    playbook = decide_sample_todos(parse_playbook(text))
+    backfill = playbook.options.backfill.model_copy(update={"orphans": "skip"})
+    return playbook.model_copy(update={"options": playbook.options.model_copy(
+        update={"backfill": backfill})})
+
+
+def comments_step(conn: psycopg.Connection[Any], playbook: Playbook) -> Step:
+    plan = build_plan(Catalog.load(conn), playbook, ["backfill"])
+    return next(s for s in plan.stage("backfill") if s.id == f"backfill:{TABLE}")
+
+
+def reset(conn: psycopg.Connection[Any]) -> None:
+    """comments.tenant_id back to NULL, the table packed and analyzed, the journal's record
+    of its backfill forgotten, dirty pages written."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
+        conn.execute("UPDATE comments SET tenant_id = NULL")
+    conn.execute("VACUUM (FULL, ANALYZE) comments")
+    Journal(conn).reset_backfill(TABLE)
+    conn.execute("CHECKPOINT")
+
+
+def run_batched(conn: psycopg.Connection[Any], playbook: Playbook, step: Step) -> dict[str, Any]:
+    executor = Executor(conn, playbook.options, Journal(conn))
+    started = time.perf_counter()
+    result = run_backfill(executor, step)
+    total_s = time.perf_counter() - started
+    # The inspection again, on the same state, to split the step's time.
+    assert step.backfill is not None
+    started = time.perf_counter()
+    _inspect(conn, step.backfill, BackfillResult(step.backfill.table))
+    inspect_s = time.perf_counter() - started
+    durations = [float(r[0]) for r in conn.execute(
+        "SELECT duration_ms FROM rls_migrate.backfill_batches WHERE table_name = %s",
+        [TABLE]).fetchall()]
+    loop_s = total_s - inspect_s
+    # What a batch costs besides its UPDATE: finding its end, the journal, round trips,
+    # the commit.
+    overhead_ms = (loop_s * 1000 - sum(durations)) / max(len(durations), 1)
+    return {"method": "batched", "rows": result.rows, "batches": result.batches,
+            "retries": result.retries, "overhead_ms_per_batch": round(overhead_ms, 1),
+            "step_s": round(total_s, 3),
+            "loop_s": round(loop_s, 3), "inspect_s": round(inspect_s, 3),
+            "loop_rows_per_s": round(result.rows / loop_s),
+            "step_rows_per_s": round(result.rows / total_s), "batch_ms": durations}
+
+
+def run_single(conn: psycopg.Connection[Any], step: Step) -> dict[str, Any]:
+    assert step.backfill is not None
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
+        rows = conn.execute(step.backfill.single_statement_sql).rowcount
+    seconds = time.perf_counter() - started
+    return {"method": "single", "rows": rows, "s": round(seconds, 3),
+            "rows_per_s": round(rows / seconds)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def main() -> None:
+    scale = float(os.environ.get("BENCH_BACKFILL_SCALE", "100"))
+    backend = servers.find_backends("embedded")[0]
+    with servers.start_server(backend) as server:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench_backfill")
+        dsn = server.dsn("bench_backfill")
+        started = time.perf_counter()
+        samples.load(dsn, scale=scale)
+        load_s = time.perf_counter() - started
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            playbook = playbook_for(conn)
+        for stage in ("prepare", "add-column", "backfill"):
+            apply_stage(dsn, playbook, stage)
+        runs: list[dict[str, Any]] = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            comments = int(conn.execute("SELECT count(*) FROM comments").fetchone()[0])  # type: ignore[index]
+            step = comments_step(conn, playbook)
+            for round_no, order in enumerate((("batched", "single"), ("single", "batched")), 1):
+                for method in order:
+                    reset(conn)
+                    run = (run_batched(conn, playbook, step) if method == "batched"
+                           else run_single(conn, step))
+                    run["round"] = round_no
+                    assert run["rows"] == comments, run
+                    runs.append(run)
+                    shown = {k: v for k, v in run.items() if k != "batch_ms"}
+                    print(json.dumps(shown), flush=True)
+            wrong = conn.execute(
+                "SELECT count(*) FROM comments c JOIN issues i ON i.id = c.issue_id"
+                " WHERE c.tenant_id IS DISTINCT FROM i.tenant_id").fetchone()
+            assert wrong == (0,), wrong
+    batched = [r for r in runs if r["method"] == "batched"]
+    single = [r for r in runs if r["method"] == "single"]
+    batch_ms = [ms for r in batched for ms in r["batch_ms"]]
+    single_rate = statistics.mean(r["rows_per_s"] for r in single)
+    loop_rate = statistics.mean(r["loop_rows_per_s"] for r in batched)
+    step_rate = statistics.mean(r["step_rows_per_s"] for r in batched)
+    summary = {
+        "single_rows_per_s": round(single_rate),
+        "backfill_loop_rows_per_s": round(loop_rate),
+        "backfill_step_rows_per_s": round(step_rate),
+        "loop_vs_single": round(loop_rate / single_rate, 3),
+        "step_vs_single": round(step_rate / single_rate, 3),
+        "batches_per_run": round(statistics.mean(r["batches"] for r in batched)),
+        "batch_ms_p50": round(percentile(batch_ms, 0.5), 1),
+        "batch_ms_p99": round(percentile(batch_ms, 0.99), 1),
+        "batch_ms_max": round(max(batch_ms), 1),
+        "target_ratio": TARGET_RATIO, "target_p99_ms": TARGET_P99_MS,
+    }
+    result = {"benchmark": "backfill", "postgres": version, "scale": scale,
+              "comments": comments, "load_s": round(load_s, 1),
+              "python": sys.version.split()[0], "machine": platform.machine(),
+              "cpus": os.cpu_count(), "summary": summary,
+              "runs": [{k: v for k, v in r.items() if k != "batch_ms"} for r in runs]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "backfill.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nPostgreSQL {version}, scale {scale:g} ({comments:,} comments), "
+          f"{os.cpu_count()} CPUs\n")
+    print("| method | round | rows/s | s | batches | batch p50 ms | batch p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        if r["method"] == "single":
+            print(f"| single UPDATE ... FROM (baseline) | {r['round']} | {r['rows_per_s']:,} |"
+                  f" {r['s']:.2f} | 1 | - | - |")
+        else:
+            print(f"| batched: loop | {r['round']} | {r['loop_rows_per_s']:,} | {r['loop_s']:.2f}"
+                  f" | {r['batches']} | {percentile(r['batch_ms'], 0.5):.0f} |"
+                  f" {percentile(r['batch_ms'], 0.99):.0f} |")
+            print(f"| batched: step (+ inspection) | {r['round']} | {r['step_rows_per_s']:,} |"
+                  f" {r['step_s']:.2f} | | | |")
+    print(f"\nbatch loop / single statement: {summary['loop_vs_single']:.0%} (target "
+          f">= {TARGET_RATIO:.0%}); whole step: {summary['step_vs_single']:.0%}; "
+          f"p99 batch {summary['batch_ms_p99']:.0f} ms (target <= {TARGET_P99_MS:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
