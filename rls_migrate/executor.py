@@ -478,9 +478,13 @@ class Executor:
             return self.options.lock_timeout
         return 0.0
 
-    def statement_timeout_for(self, transactional: bool) -> float:
-        return self.options.ddl_statement_timeout if transactional else (
-            self.options.statement_timeout)
+    def statement_timeout_for(self, transactional: bool, lock: Lock | None = None) -> float:
+        """``ddl_statement_timeout`` for short transactional DDL that holds a strong lock;
+        ``statement_timeout`` for the rest: a VALIDATE or a concurrent build scans the
+        whole table while holding only a weak lock, and must not be cut at 5 s."""
+        if transactional and (lock is None or lock.is_strong):
+            return self.options.ddl_statement_timeout
+        return self.options.statement_timeout
 
     @staticmethod
     def _set_timeouts(db: Conn | psycopg.Cursor[Any], lock_ms: float, statement_ms: float,
@@ -647,7 +651,7 @@ class Executor:
         action: str,
     ) -> None:
         lock_ms = self.lock_timeout_for(lock, transactional)
-        statement_ms = self.statement_timeout_for(transactional)
+        statement_ms = self.statement_timeout_for(transactional, lock)
         if transactional:
             def attempt() -> None:
                 with self.conn.transaction(), self.conn.cursor() as cur:

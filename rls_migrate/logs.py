@@ -44,7 +44,7 @@ def configure_logging(
     (one object per line), at ``level``, written to ``stream`` (stderr by default)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: expected one of {FORMATS}")
-    out = stream if stream is not None else sys.stderr
+    out: TextIO = stream if stream is not None else _CurrentStderr()  # type: ignore[assignment]
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -66,6 +66,20 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _state["format"] = fmt
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was set up):
+    test runners and daemonizers swap it, and stdout must stay clean for command output."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def log_format() -> LogFormat | None:

@@ -299,13 +299,17 @@ class Playbook(Strict):
             QualifiedName.parse(name)
         return value
 
-    _by_name: dict[QualifiedName, TablePlan] | None = PrivateAttr(default=None)
+    _by_name: tuple[dict[str, TablePlan], dict[QualifiedName, TablePlan]] | None = PrivateAttr(
+        default=None)
 
     def _plans(self) -> dict[QualifiedName, TablePlan]:
-        # Parsed once: planners look tables up thousands of times on big schemas.
-        if self._by_name is None:
-            self._by_name = {QualifiedName.parse(n): p for n, p in self.tables.items()}
-        return self._by_name
+        # Parsed once: planners look tables up thousands of times on big schemas. Keyed by
+        # the tables mapping itself, because model_copy(update={"tables": ...}) copies the
+        # private cache along with the model.
+        if self._by_name is None or self._by_name[0] is not self.tables:
+            self._by_name = (self.tables,
+                             {QualifiedName.parse(n): p for n, p in self.tables.items()})
+        return self._by_name[1]
 
     def table_plans(self) -> Iterator[tuple[QualifiedName, TablePlan]]:
         yield from self._plans().items()

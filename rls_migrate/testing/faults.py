@@ -208,14 +208,22 @@ def wait_for_runner(dsn: str, proc: subprocess.Popen[Any], timeout_s: float = 60
 @dataclasses.dataclass(frozen=True)
 class FaultOutcome:
     fault: Fault
-    landed: bool  # the command was still running when the fault struck
+    struck: bool  # the command was still running when the fault struck
     connected: bool  # its first database session was seen
     returncode: int | None
     output: str  # stdout and stderr, when a log_path was given
     elapsed_s: float
 
+    @property
+    def landed(self) -> bool:
+        """The fault stopped the command: it struck while the command ran, and the command
+        did not complete (it may finish in the instant before a kill, or a restart may fall
+        after its last statement)."""
+        return self.struck and self.returncode != 0
+
     def __str__(self) -> str:
-        state = "landed" if self.landed else "missed (already finished)"
+        state = ("landed" if self.landed else "struck, but the command completed"
+                 if self.struck else "missed (already finished)")
         return f"{self.fault}: {state}, exit {self.returncode}"
 
 
@@ -246,17 +254,17 @@ def inject(
     finally:
         if log_path is not None and not isinstance(out, int):
             out.close()
-    landed = False
+    struck = False
     try:
         connected = wait_for_runner(dsn, proc, connect_timeout_s)
         if connected:
             time.sleep(fault.delay_s)
         if proc.poll() is None:
-            landed = True
+            struck = True
             if fault.kind == "sigkill":
                 proc.send_signal(signal.SIGKILL)
             elif fault.kind == "terminate":
-                landed = terminate_runners(dsn) > 0
+                struck = terminate_runners(dsn) > 0
             else:
                 assert restart is not None
                 restart("immediate")
@@ -266,7 +274,7 @@ def inject(
             proc.kill()
             proc.wait(timeout=30)
     output = log_path.read_text(errors="replace") if log_path is not None else ""
-    return FaultOutcome(fault, landed, connected, returncode, output,
+    return FaultOutcome(fault, struck, connected, returncode, output,
                         time.monotonic() - started)
 
 

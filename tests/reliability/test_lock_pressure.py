@@ -39,6 +39,7 @@ from reliability.support import (
     LockHolder,
     StageTemplates,
     StatementWorkload,
+    heavy_on_newest_only,
     log_lock_waits,
     relation_waits,
     report,
@@ -196,6 +197,7 @@ def test_lock_pressure(stage: str, stage_templates: StageTemplates,
 def test_gives_up_naming_the_blocker(stage: str, stage_templates: StageTemplates,
                                      pg_server: servers.PostgresServer,
                                      tmp_path: Path) -> None:
+    heavy_on_newest_only(pg_server)
     retries = 4
     run = under_pressure(stage_templates, stage, tmp_path, hold_s=None, retries=retries)
     check_gave_up(run.result, run.journal, run.holder_pid, retries)

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import random
 import subprocess
 import sys
@@ -42,7 +43,14 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 
-from reliability.support import END, StageTemplates, checksums, report, write_playbook
+from reliability.support import (
+    END,
+    StageTemplates,
+    checksums,
+    heavy_on_newest_only,
+    report,
+    write_playbook,
+)
 from rls_migrate import samples
 from rls_migrate.context import (
     InvalidTenantId,
@@ -175,6 +183,7 @@ def test_injection_through_the_helpers(enforced: str,
 def test_injection_through_the_cli(enforced: str, stage_templates: StageTemplates,
                                    pg_server: servers.PostgresServer, tmp_path: Path) -> None:
     """``verify --tenants`` is the CLI argument that takes tenant ids."""
+    heavy_on_newest_only(pg_server)
     path = write_playbook(stage_templates.playbook, tmp_path / "app.yaml")
     before = checksums(enforced)
     crafted = ["1; DROP TABLE accounts; --,2", "1' OR '1'='1,2", "1,2) OR (1=1",
@@ -231,9 +240,13 @@ def test_injection_through_the_pytest_plugin(enforced: str, tmp_path: Path,
     (tmp_path / "test_isolation.py").write_text(PLUGIN_TEST.format(payloads=payloads))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     before = checksums(enforced)
+    # Installed, the plugin registers itself (entry point pytest11); else ask for it.
+    registered = any(e.value == "rls_migrate.testing.pytest_plugin"
+                     for e in importlib.metadata.entry_points(group="pytest11"))
+    plugin = [] if registered else ["-p", "rls_migrate.testing.pytest_plugin"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "rls_migrate.testing.pytest_plugin", "-q",
-         "-p", "no:cacheprovider", "test_isolation.py"],
+        [sys.executable, "-m", "pytest", *plugin, "-q", "-p", "no:cacheprovider",
+         "test_isolation.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env=cli_env({"RLS_MIGRATE_DSN": enforced, "RLS_MIGRATE_APP_ROLE": samples.APP_ROLE}))
     expected = 3 * len(payloads) + 1
