@@ -173,12 +173,12 @@ def apply_stage(
         notes = _require_previous(conn, journal, plan, stage)
         with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
-            run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
+            # The gate first: a refused stage leaves no half-open run in the journal.
             gate = GATES.get(stage)
-            if gate is not None:
-                override = gate(conn, playbook, force)
-                if override and not dry_run:
-                    journal.record_override(stage, override)
+            override = gate(conn, playbook, force) if gate is not None else None
+            run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
+            if override and not dry_run:
+                journal.record_override(stage, override)
             outcome = "failed"
             try:
                 result = executor.run(plan.stage(stage), dry_run=dry_run)

@@ -24,6 +24,7 @@ MATCH = "tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), ''):
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     from rls_migrate.cli import main
 
+    capsys.readouterr()  # drop what the fixture's stage runs printed
     with pytest.raises(SystemExit) as exited:
         main(list(args))
     out = capsys.readouterr()
