@@ -309,20 +309,21 @@ def test_lock_timeouts_are_retried(db_at: Callable[[float], str]) -> None:
 def test_a_batch_over_its_statement_timeout_is_cut_smaller(
         db_at: Callable[[float], str]) -> None:
     dsn = db_at(0.2)
-    # 40 notes, 30 ms each (a slow user trigger); batches time out above 200 ms: 40 and 10
-    # rows do, 5 do not.
+    # A user trigger takes 60 ms for each of the first 12 notes; batches time out at
+    # 500 ms: 40 rows (12 slow) and 10 (all slow) do, 2 (120 ms) do not, with a wide margin.
     playbook = playbook_for(dsn, user_triggers="fire", batch_target=5.0, batch_start_rows=40,
-                            batch_min_rows=5, batch_max_rows=40)
+                            batch_min_rows=2, batch_max_rows=40)
     playbook = playbook.model_copy(update={"options": playbook.options.model_copy(
-        update={"ddl_statement_timeout": 200.0})})
+        update={"ddl_statement_timeout": 500.0})})
     for stage in ("prepare", "add-column"):
         apply_stage(dsn, playbook, stage)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS"
-                     " $$ BEGIN PERFORM pg_sleep(0.03); RETURN NEW; END $$")
+        conn.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF NEW.id <= 12 THEN PERFORM pg_sleep(0.06); END IF; RETURN NEW; END $$")
         conn.execute('CREATE TRIGGER slow BEFORE UPDATE ON "Project Notes"'
                      " FOR EACH ROW EXECUTE FUNCTION slow()")
     step = backfill_step(dsn, playbook, 'public."Project Notes"')
     result = run_one(dsn, playbook, step)
-    assert result.rows == 40 and max(result.batch_ms) < 200
+    # The 12 slow rows went 2 by 2 after the cuts: no batch reached the timeout.
+    assert result.rows == 40 and result.batches >= 7 and max(result.batch_ms) < 500
     assert unfilled_notes(dsn) == 0
