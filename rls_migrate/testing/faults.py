@@ -4,9 +4,11 @@ production does to it.
 A :class:`FaultSchedule` (seeded, so a failing trial can be replayed) says when and how each
 run dies: ``sigkill`` (``kill -9`` of the CLI process), ``terminate`` (its database sessions
 ended with ``pg_terminate_backend``, as an operator or a failover would) or ``restart`` (the
-server stopped with an immediate shutdown, a crash, and started again). :func:`inject`
-starts the command, waits for its first database session, lets it work for the fault's
-delay, strikes, and says whether the fault landed while the command was still running.
+server stopped with an immediate shutdown, a crash, and started again). A fault strikes a
+random time after the command connects, or right after a random amount of progress (steps
+journaled, batches committed), so it lands in start-up, between steps and inside them
+alike. :func:`inject` starts the command, waits, strikes, and says whether the fault landed
+(struck while the command ran, and stopped it).
 
 The checks afterwards are here too: :func:`steps_not_done` (the journal and the live catalog
 agree that every step of a stage is done), :func:`backfill_batch_problems` (no batch applied
@@ -100,27 +102,39 @@ def run_cli(command: Sequence[str], *, timeout: float = 300.0,
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    """Strike ``delay_s`` seconds after the command's first database session appears."""
+    """Strike ``delay_s`` seconds after the command's first database session appears, or,
+    with ``after``, that long after its progress (see :func:`inject`) reached ``after``."""
 
     kind: FaultKind
     delay_s: float
+    after: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.delay_s:.3f}s"
+        at = f"+{self.delay_s:.3f}s after progress {self.after}" if self.after is not None \
+            else f"@{self.delay_s:.3f}s"
+        return f"{self.kind}{at}"
 
 
 class FaultSchedule:
     """A reproducible stream of faults: the same seed gives the same kinds and delays.
 
-    ``weights`` gives the share of each kind; delays are uniform in ``[0, max_delay_s]``,
-    where ``max_delay_s`` should be about how long the command works once connected (a
-    calibration run measures it), so most faults land mid-run.
+    ``weights`` gives the share of each kind. Time faults strike uniformly in
+    ``[0, max_delay_s]`` after the command connects, where ``max_delay_s`` should be about
+    how long it works once connected (a calibration run measures it): they land in start-up,
+    planning and steps alike. With ``progress_units`` (how many units of progress a whole run
+    makes: steps journaled, batches committed), a ``progress_share`` of the faults instead
+    wait for a random amount of progress, then strike within ``step_delay_s``: between
+    steps, inside them, mid-batch, wherever the work is, however fast the stage.
     """
 
     def __init__(self, seed: int, *, max_delay_s: float,
-                 weights: Mapping[FaultKind, float] | None = None) -> None:
+                 weights: Mapping[FaultKind, float] | None = None, progress_units: int = 0,
+                 progress_share: float = 0.7, step_delay_s: float = 0.03) -> None:
         self.seed = seed
         self.max_delay_s = max(0.0, max_delay_s)
+        self.progress_units = progress_units
+        self.progress_share = progress_share
+        self.step_delay_s = step_delay_s
         default: dict[FaultKind, float] = {"sigkill": 1.0}
         self.weights: dict[FaultKind, float] = dict(weights or default)
         unknown = set(self.weights) - set(FAULT_KINDS)
@@ -132,6 +146,9 @@ class FaultSchedule:
     def next(self) -> Fault:
         kinds = [k for k, w in self.weights.items() if w > 0]
         kind = self._rng.choices(kinds, weights=[self.weights[k] for k in kinds])[0]
+        if self.progress_units > 0 and self._rng.random() < self.progress_share:
+            return Fault(kind, round(self._rng.uniform(0.0, self.step_delay_s), 4),
+                         after=self._rng.randrange(self.progress_units))
         return Fault(kind, round(self._rng.uniform(0.0, self.max_delay_s), 4))
 
     def take(self, n: int) -> list[Fault]:
@@ -192,6 +209,17 @@ def wait_for_lock_release(dsn: str, timeout_s: float = 30.0) -> float:
 # --------------------------------------------------------------------------- injecting
 
 
+def _wait_for_progress(dsn: str, proc: subprocess.Popen[Any],
+                       progress: Callable[[psycopg.Connection[Any]], int], target: int,
+                       timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if progress(conn) >= target:
+                return
+            time.sleep(0.002)
+
+
 def wait_for_runner(dsn: str, proc: subprocess.Popen[Any], timeout_s: float = 60.0) -> bool:
     """Wait until ``proc`` (a toolkit command) has a session in ``dsn``'s database: False
     when it ended first or the time ran out."""
@@ -233,17 +261,18 @@ def inject(
     dsn: str,
     *,
     restart: Callable[[str], None] | None = None,
+    progress: Callable[[psycopg.Connection[Any]], int] | None = None,
     log_path: Path | None = None,
     connect_timeout_s: float = 60.0,
     exit_timeout_s: float = 60.0,
     env: Mapping[str, str] | None = None,
 ) -> FaultOutcome:
-    """Start ``command``, wait for its first session in ``dsn``'s database, wait
-    ``fault.delay_s``, strike, and wait for the process to end.
+    """Start ``command``, wait for its first session in ``dsn``'s database (and, for a
+    fault with ``after``, until ``progress(conn)`` on a connection to that database reaches
+    it), wait ``fault.delay_s``, strike, and wait for the process to end.
 
     ``restart(mode)`` restarts the server (``LocalServer.restart``); it is needed for
-    ``restart`` faults. The command's output goes to ``log_path`` (else a pipe that is
-    discarded)."""
+    ``restart`` faults. The command's output goes to ``log_path`` (else nowhere)."""
     if fault.kind == "restart" and restart is None:
         raise ValueError("a restart fault needs restart=LocalServer.restart")
     started = time.monotonic()
@@ -257,6 +286,8 @@ def inject(
     struck = False
     try:
         connected = wait_for_runner(dsn, proc, connect_timeout_s)
+        if connected and fault.after is not None and progress is not None:
+            _wait_for_progress(dsn, proc, progress, fault.after, connect_timeout_s)
         if connected:
             time.sleep(fault.delay_s)
         if proc.poll() is None:

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from plan_helpers import sample_factory
 
 from reliability.support import StageTemplates
 from rls_migrate.testing import servers
@@ -61,7 +62,11 @@ def fault_standby(fault_server: servers.LocalServer) -> Iterator[StandbyServer]:
 
 
 @pytest.fixture(scope="session")
-def stage_templates(pg_server: servers.PostgresServer) -> Iterator[StageTemplates]:
-    templates = StageTemplates(pg_server, prefix="relsmoke")
+def stage_templates(pg_server: servers.PostgresServer,
+                    make_factory: Callable[..., servers.DatabaseFactory]
+                    ) -> Iterator[StageTemplates]:
+    # The plan tests' sample template (the same database), when this process has one.
+    templates = StageTemplates(pg_server, prefix="relsmoke",
+                               base=sample_factory(pg_server, make_factory))
     yield templates
     templates.close()

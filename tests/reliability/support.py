@@ -36,9 +36,6 @@ from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 
 SCALE = 0.2
-END = "end"
-"""``StageTemplates.clone(END)``: the sample with every stage applied (enforced)."""
-ORDER = (*STAGES, END)
 LOCK_SLACK_MS = float(os.environ.get("RLS_MIGRATE_LOCK_SLACK_MS", "150"))
 """How much longer than lock_timeout a workload statement may wait under lock pressure:
 scheduling noise of a loaded 2-core machine, not the toolkit's locks."""
@@ -96,12 +93,19 @@ class StageTemplates:
     templates (each cloned from the previous one, then one more stage applied), built when
     first asked for; :meth:`clone` makes a fresh copy in milliseconds."""
 
-    def __init__(self, server: servers.PostgresServer, prefix: str = "rel") -> None:
+    def __init__(self, server: servers.PostgresServer, prefix: str = "rel",
+                 base: servers.DatabaseFactory | None = None) -> None:
+        """``base``: a factory of the sample at :data:`SCALE` to share (closed by its
+        owner); else one of its own."""
         self.server = server
         self.prefix = prefix
-        self.base = servers.DatabaseFactory(
+        self._owns_base = base is None
+        self.base = base if base is not None else servers.DatabaseFactory(
             server, lambda dsn: samples.load(dsn, scale=SCALE), prefix=prefix)
         self.playbook = reliability_playbook(server.dsn(self.base.template))
+        # The templates' own backfill needs no small batches: only the trials do.
+        self._build_playbook = configure(self.playbook, backfill={
+            "batch_start_rows": 5000, "batch_max_rows": 50_000, "pause": 0.0})
         self._terminate(self.base.template)
         self._templates: dict[str, str] = {STAGES[0]: self.base.template}
         self._made: list[str] = []
@@ -127,23 +131,21 @@ class StageTemplates:
         raise servers.ServerUnavailable(f"template {template} stayed in use")
 
     def template_before(self, stage: str) -> str:
-        """The template database with every stage before ``stage`` applied (``END``: every
-        stage)."""
+        """The template database with every stage before ``stage`` applied."""
         if stage not in self._templates:
-            previous = ORDER[ORDER.index(stage) - 1]
+            previous = STAGES[STAGES.index(stage) - 1]
             source = self.template_before(previous)
             name = f"{self.prefix}_upto_{previous.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
             self._copy(source, name)
             self._made.append(name)
-            result = apply_stage(self.server.dsn(name), self.playbook, previous).result
+            result = apply_stage(self.server.dsn(name), self._build_playbook, previous).result
             assert result.failed == 0, (previous, result)
             self._terminate(name)
             self._templates[stage] = name
         return self._templates[stage]
 
     def clone(self, before: str) -> str:
-        """A fresh database with every stage before ``before`` applied (``END``: all of
-        them); its DSN."""
+        """A fresh database with every stage before ``before`` applied; its DSN."""
         name = f"{self.prefix}_{uuid.uuid4().hex[:10]}"
         self._copy(self.template_before(before), name)
         self._made.append(name)
@@ -170,7 +172,8 @@ class StageTemplates:
     def close(self) -> None:
         for name in reversed([*self._made]):
             self.drop(self.server.dsn(name))
-        self.base.close()
+        if self._owns_base:
+            self.base.close()
 
 
 # --------------------------------------------------------------------------- lock pressure

@@ -226,17 +226,17 @@ def fuzz_playbooks_in_library(dsn: str, templates: StageTemplates, *, reliabilit
     outcomes: collections.Counter[str] = collections.Counter()
     before = schema_snapshot(dsn)
 
-    @fuzz_settings(examples(300, 40, reliability=reliability))
+    @fuzz_settings(examples(300, 20, reliability=reliability))
     @given(VALUES)
     def random_documents(value: Any) -> None:
         outcomes[judge(dump(value), catalog)] += 1
 
-    @fuzz_settings(examples(150, 20, reliability=reliability))
+    @fuzz_settings(examples(150, 10, reliability=reliability))
     @given(st.text(max_size=400))
     def random_text(text: str) -> None:
         outcomes[judge(text, catalog)] += 1
 
-    @fuzz_settings(examples(500, 60, reliability=reliability))
+    @fuzz_settings(examples(500, 30, reliability=reliability))
     @given(st.data())
     def mutations(data: st.DataObject) -> None:
         outcomes[judge(dump(mutate(data, copy.deepcopy(doc))), catalog)] += 1
@@ -440,7 +440,7 @@ def fuzz_arguments(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
     codes: collections.Counter[int] = collections.Counter()
 
     with cli_in_process() as call:
-        @fuzz_settings(examples(300, 40, reliability=reliability))
+        @fuzz_settings(examples(300, 20, reliability=reliability))
         @given(argv_strategy(dsn, files))
         def arguments(argv: list[str]) -> None:
             code, stdout, stderr = call(argv)

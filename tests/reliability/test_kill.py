@@ -19,7 +19,7 @@ A fault that lands while the command runs must end it with one error line, never
 traceback (``kill -9`` leaves no output at all).
 
 The random schedules run on this suite's own PostgreSQL 18 server (restarting the shared
-one would disturb other tests); ``RLS_MIGRATE_FAULT_TRIALS`` (trials per stage, default 3)
+one would disturb other tests); ``RLS_MIGRATE_FAULT_TRIALS`` (trials per stage, default 5)
 and ``RLS_MIGRATE_FAULT_SEED`` replay or widen them. The unmarked test is the reduced
 version: one stage, a kill and a terminate, on every major.
 """
@@ -64,7 +64,7 @@ from rls_migrate.testing.faults import (
     wait_for_lock_release,
 )
 
-TRIALS = int(os.environ.get("RLS_MIGRATE_FAULT_TRIALS", "3"))
+TRIALS = int(os.environ.get("RLS_MIGRATE_FAULT_TRIALS", "5"))
 SEED = int(os.environ.get("RLS_MIGRATE_FAULT_SEED", "20260611"))
 WEIGHTS: dict[FaultKind, float] = {"sigkill": 6.0, "terminate": 2.0, "restart": 1.0}
 
@@ -80,9 +80,15 @@ PSYCOPG_NOISE = "error ignored terminating <psycopg.Pipeline"
 
 
 def error_lines(output: str) -> list[str]:
-    """What the CLI printed besides its JSON log lines."""
-    return [line for line in output.splitlines()
-            if line.strip() and not line.startswith("{") and PSYCOPG_NOISE not in line]
+    """What the CLI printed besides its JSON log lines (and psycopg's pipeline message, with
+    its tab-indented continuation lines)."""
+    lines: list[str] = []
+    noise = False
+    for line in output.splitlines():
+        noise = PSYCOPG_NOISE in line or (noise and line.startswith("\t"))
+        if line.strip() and not line.startswith("{") and not noise:
+            lines.append(line)
+    return lines
 
 
 def check_fault_output(outcome: FaultOutcome) -> None:
@@ -143,6 +149,22 @@ def tenant_rows(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0]) if row else 0
 
 
+def progress_of(stage: str) -> Callable[[psycopg.Connection[Any]], int]:
+    """How far a run of ``stage`` got: its steps journaled, plus committed backfill batches
+    (what a fault may wait for, to strike between steps, inside them, or mid-table)."""
+    query = ("SELECT (SELECT count(*) FROM rls_migrate.journal WHERE stage = %s)"
+             + (" + (SELECT count(*) FROM rls_migrate.backfill_batches)"
+                if stage == "backfill" else ""))
+
+    def measure(conn: psycopg.Connection[Any]) -> int:
+        if conn.execute("SELECT to_regclass('rls_migrate.journal')").fetchone() == (None,):
+            return 0
+        row = conn.execute(query, [stage]).fetchone()  # type: ignore[arg-type]
+        return int(row[0]) if row else 0
+
+    return measure
+
+
 def fresh_copy(templates: StageTemplates, stage: str) -> str:
     """A new copy of the stage's template, checkpointed. A copy's sequence pages arrive as
     full-page images of the template's, whose values logged ahead are not in them: a crash
@@ -159,10 +181,13 @@ def run_trials(templates: StageTemplates, stage: str, tmp_path: Path, *, trials:
                restart: Callable[[str], None] | None, label: str) -> dict[str, Any]:
     """``trials`` fresh copies, each hit by one or two faults and then run to the end."""
     path = write_playbook(templates.playbook, tmp_path / "reliability.yaml")
+    measure = progress_of(stage)
     with templates.cloned(stage) as dsn:
         code, busy_s = timed_run(apply_command(path, stage, dsn), dsn)
         assert code == 0, f"the calibration run of {stage} failed"
-    schedule = FaultSchedule(seed, max_delay_s=busy_s, weights=weights)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            units = measure(conn)
+    schedule = FaultSchedule(seed, max_delay_s=busy_s, weights=weights, progress_units=units)
     rng = random.Random(seed)
     landed: collections.Counter[str] = collections.Counter()
     missed = 0
@@ -179,7 +204,7 @@ def run_trials(templates: StageTemplates, stage: str, tmp_path: Path, *, trials:
             while struck < wanted and attempts < 3 * wanted:
                 attempts += 1
                 fault = schedule.next()
-                outcome = inject(fault, command, dsn, restart=restart,
+                outcome = inject(fault, command, dsn, restart=restart, progress=measure,
                                  log_path=tmp_path / f"{stage}-{trial}-{attempts}.log")
                 outcomes.append(str(outcome))
                 check_fault_output(outcome)

@@ -34,17 +34,18 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from enforce_helpers import Sample, clone
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 
 from reliability.support import (
-    END,
     StageTemplates,
     checksums,
     heavy_on_newest_only,
@@ -79,10 +80,12 @@ KEY_TYPES = ("bigint", "integer", "smallint", "uuid", "text")
 
 
 @pytest.fixture
-def enforced(stage_templates: StageTemplates) -> Any:
-    """A fresh copy of the sample with every stage applied (enforced)."""
-    with stage_templates.cloned(END) as dsn:
-        yield dsn
+def enforced(pg_server: servers.PostgresServer,
+             make_factory: Callable[..., servers.DatabaseFactory]) -> Iterator[Sample]:
+    """A fresh copy of the sample with every stage applied (enforced): the enforce tests'
+    template, shared when this process has built it already."""
+    with clone(pg_server, make_factory, "enforce") as sample:
+        yield sample
 
 
 def app_dsn(dsn: str) -> str:
@@ -167,35 +170,35 @@ def inject_through_sqlalchemy(dsn: str) -> int:
     return refused
 
 
-def test_injection_through_the_helpers(enforced: str,
+def test_injection_through_the_helpers(enforced: Sample,
                                        pg_server: servers.PostgresServer) -> None:
-    before = checksums(enforced)
-    seen = inject_through_helpers(enforced)
-    seen.update(inject_through_pool_and_plugin(enforced))
-    seen["refused"] += inject_through_sqlalchemy(enforced)
-    assert checksums(enforced) == before
+    before = checksums(enforced.dsn)
+    seen = inject_through_helpers(enforced.dsn)
+    seen.update(inject_through_pool_and_plugin(enforced.dsn))
+    seen["refused"] += inject_through_sqlalchemy(enforced.dsn)
+    assert checksums(enforced.dsn) == before
     assert seen["refused"] > 100 and seen["stored as data"] > 10, seen
     report(f"injection (helpers, pool, SQLAlchemy, plugin assertion) {pg_server.backend.name}: "
            f"{sum(seen.values())} attempts: {dict(seen)}; database unchanged")
 
 
 @pytest.mark.reliability
-def test_injection_through_the_cli(enforced: str, stage_templates: StageTemplates,
-                                   pg_server: servers.PostgresServer, tmp_path: Path) -> None:
+def test_injection_through_the_cli(enforced: Sample, pg_server: servers.PostgresServer,
+                                   tmp_path: Path) -> None:
     """``verify --tenants`` is the CLI argument that takes tenant ids."""
     heavy_on_newest_only(pg_server)
-    path = write_playbook(stage_templates.playbook, tmp_path / "app.yaml")
-    before = checksums(enforced)
+    path = write_playbook(enforced.playbook, tmp_path / "app.yaml")
+    before = checksums(enforced.dsn)
     crafted = ["1; DROP TABLE accounts; --,2", "1' OR '1'='1,2", "1,2) OR (1=1",
                "$$; DROP TABLE accounts; $$,2", "1,2; DELETE FROM users"]
     codes = []
     for tenants in crafted:
-        done = run_cli(cli_command("verify", str(path), "--dsn", enforced, "--tenants",
+        done = run_cli(cli_command("verify", str(path), "--dsn", enforced.dsn, "--tenants",
                                    tenants, "--format", "json"), timeout=120)
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
         assert done.returncode in (1, 2), done.stderr
         codes.append(done.returncode)
-    assert checksums(enforced) == before
+    assert checksums(enforced.dsn) == before
     report(f"injection (CLI verify --tenants) {pg_server.backend.name}: {len(crafted)} "
            f"attempts, exit codes {sorted(set(codes))}, database unchanged")
 
@@ -232,14 +235,14 @@ def test_a_clean_id_still_works(tenant_connection):
 
 
 @pytest.mark.reliability
-def test_injection_through_the_pytest_plugin(enforced: str, tmp_path: Path,
+def test_injection_through_the_pytest_plugin(enforced: Sample, tmp_path: Path,
                                              pg_server: servers.PostgresServer) -> None:
     """The plugin's fixtures, in a pytest run of their own, as a user's suite has them."""
     payloads = [p for p in PAYLOADS if isinstance(p, str) and not accepted(p, "bigint")
                 and "\x00" not in p and not any(0xD800 <= ord(c) <= 0xDFFF for c in p)]
     (tmp_path / "test_isolation.py").write_text(PLUGIN_TEST.format(payloads=payloads))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    before = checksums(enforced)
+    before = checksums(enforced.dsn)
     # Installed, the plugin registers itself (entry point pytest11); else ask for it.
     registered = any(e.value == "rls_migrate.testing.pytest_plugin"
                      for e in importlib.metadata.entry_points(group="pytest11"))
@@ -248,11 +251,12 @@ def test_injection_through_the_pytest_plugin(enforced: str, tmp_path: Path,
         [sys.executable, "-m", "pytest", *plugin, "-q", "-p", "no:cacheprovider",
          "test_isolation.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env=cli_env({"RLS_MIGRATE_DSN": enforced, "RLS_MIGRATE_APP_ROLE": samples.APP_ROLE}))
+        env=cli_env({"RLS_MIGRATE_DSN": enforced.dsn,
+                     "RLS_MIGRATE_APP_ROLE": samples.APP_ROLE}))
     expected = 3 * len(payloads) + 1
     assert done.returncode == 0, done.stdout[-3000:]
     assert f"{expected} passed" in done.stdout, done.stdout[-3000:]
-    assert checksums(enforced) == before
+    assert checksums(enforced.dsn) == before
     report(f"injection (pytest plugin fixtures) {pg_server.backend.name}: "
            f"{3 * len(payloads)} attempts refused")
 
@@ -319,19 +323,19 @@ def hammer_the_pool(dsn: str, *, threads: int, iterations: int, seed: int) -> di
     return dict(counts)
 
 
-def test_no_context_leaks_across_pooled_connections(enforced: str,
+def test_no_context_leaks_across_pooled_connections(enforced: Sample,
                                                     pg_server: servers.PostgresServer) -> None:
-    counts = hammer_the_pool(enforced, threads=6, iterations=40, seed=11)
+    counts = hammer_the_pool(enforced.dsn, threads=6, iterations=40, seed=11)
     assert counts.get("leaks", 0) == 0, counts
     assert counts["session-level SETs"] > 0 and counts["checkouts without tenant"] > 0
     report(f"pooled context {pg_server.backend.name}: {counts}")
 
 
 @pytest.mark.reliability
-def test_no_context_leaks_across_pooled_connections_long(enforced: str,
+def test_no_context_leaks_across_pooled_connections_long(enforced: Sample,
                                                          pg_server: servers.PostgresServer
                                                          ) -> None:
-    counts = hammer_the_pool(enforced, threads=12, iterations=250, seed=29)
+    counts = hammer_the_pool(enforced.dsn, threads=12, iterations=250, seed=29)
     assert counts.get("leaks", 0) == 0, counts
     report(f"pooled context (long) {pg_server.backend.name}: {counts}")
 
@@ -438,35 +442,36 @@ def attack_as_app(dsn: str) -> dict[str, int]:
 
 
 def test_app_role_cannot_reach_the_toolkit_or_the_policies(
-        enforced: str, pg_server: servers.PostgresServer) -> None:
-    tried = attack_as_app(enforced)
+        enforced: Sample, pg_server: servers.PostgresServer) -> None:
+    tried = attack_as_app(enforced.dsn)
     report(f"app role attacks (enforced) {pg_server.backend.name}: {tried}, all refused")
 
 
 @pytest.mark.reliability
 def test_app_role_cannot_call_the_recorders_in_observe_mode(
-        stage_templates: StageTemplates, pg_server: servers.PostgresServer) -> None:
-    with stage_templates.cloned("enforce") as observed:  # observe applied, not enforce
-        tried = attack_as_app(observed)
+        pg_server: servers.PostgresServer,
+        make_factory: Callable[..., servers.DatabaseFactory]) -> None:
+    with clone(pg_server, make_factory, "observe") as observed:
+        tried = attack_as_app(observed.dsn)
         assert tried["toolkit functions"] > 0, "no recorder function to call"
     report(f"app role attacks (observe) {pg_server.backend.name}: {tried}, all refused")
 
 
 def test_security_definer_functions_pin_search_path(
-        stage_templates: StageTemplates, pg_server: servers.PostgresServer) -> None:
+        enforced: Sample, pg_server: servers.PostgresServer) -> None:
+    """Enforced: the observe recorders stay (the kill switch goes back to them)."""
     checked = 0
-    for stage in ("enforce", END):  # observe mode (recorders), then enforced
-        with stage_templates.cloned(stage) as dsn, psycopg.connect(dsn) as conn:
-            for name, args, definer, config in toolkit_functions(conn):
-                if not definer:
-                    continue
-                paths = [c.split("=", 1)[1] for c in (config or [])
-                         if c.startswith("search_path=")]
-                assert paths, f"{name}({args}): SECURITY DEFINER without a search_path"
-                schemas = [s.strip().strip('"') for s in paths[0].split(",")]
-                assert set(schemas) <= {"pg_catalog", "pg_temp", "rls_migrate"}, (name, schemas)
-                assert "pg_temp" not in schemas or schemas[-1] == "pg_temp", (name, schemas)
-                checked += 1
+    with psycopg.connect(enforced.dsn) as conn:
+        for name, args, definer, config in toolkit_functions(conn):
+            if not definer:
+                continue
+            paths = [c.split("=", 1)[1] for c in (config or [])
+                     if c.startswith("search_path=")]
+            assert paths, f"{name}({args}): SECURITY DEFINER without a search_path"
+            schemas = [s.strip().strip('"') for s in paths[0].split(",")]
+            assert set(schemas) <= {"pg_catalog", "pg_temp", "rls_migrate"}, (name, schemas)
+            assert "pg_temp" not in schemas or schemas[-1] == "pg_temp", (name, schemas)
+            checked += 1
     assert checked > 0, "no SECURITY DEFINER function to check"
     report(f"SECURITY DEFINER functions {pg_server.backend.name}: {checked} checked, every "
            "one pins search_path")
