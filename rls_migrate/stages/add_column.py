@@ -18,6 +18,7 @@ from rls_migrate.stages.common import (
     constraint_exists_check,
     function_name,
     object_name,
+    parent_match,
     trigger_exists_check,
 )
 from rls_migrate.steps import Estimate, Lock, StagePlan, Step
@@ -42,9 +43,7 @@ def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
                                 for c in entry.parent.columns)
     old_fk = sql.SQL(", ").join(compose("OLD.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    match = sql.SQL(" AND ").join(
-        compose("p.{} = NEW.{}", sql.Identifier(r), sql.Identifier(c))
-        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
+    match = parent_match(entry, "NEW")
     return compose("BEGIN\n"
         "  IF TG_OP = 'INSERT' AND NEW.{col} IS NOT NULL THEN RETURN NEW; END IF;\n"
         "  IF TG_OP = 'UPDATE' AND ROW({new_fk}) IS NOT DISTINCT FROM ROW({old_fk})\n"

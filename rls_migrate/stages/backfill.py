@@ -33,6 +33,7 @@ from rls_migrate.playbook import Options
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
+    parent_match,
     regclass_text,
     rows_estimate,
     triggers_firing_on_update,
@@ -71,9 +72,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     t = entry.ident
     col = sql.Identifier(entry.column)
     parent = entry.parent.qname.ident
-    match = sql.SQL(" AND ").join(
-        sql.SQL("p.{} = c.{}").format(sql.Identifier(r), sql.Identifier(c))
-        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
+    match = parent_match(entry, "c")
     fill = sql.SQL("UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p WHERE {match}").format(
         t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent, match=match)
     # A row whose parent is gone, or whose parent has no tenant either, cannot get one.

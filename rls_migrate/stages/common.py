@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Sequence
+from typing import LiteralString
 
 from psycopg import sql
 
@@ -240,3 +241,13 @@ def triggers_firing_on_update(table: Table, column: str) -> list[str]:
             continue
         fired.append(trig.name)
     return fired
+
+
+def parent_match(entry: TenantTable, child: str) -> sql.Composed:
+    """``p.<ref> = <child>.<fk> AND ...``: how a row finds its parent ``p``. ``child`` is
+    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table)."""
+    assert entry.parent is not None
+    template: LiteralString = "p.{} = NEW.{}" if child == "NEW" else "p.{} = c.{}"
+    return sql.SQL(" AND ").join(
+        compose(template, sql.Identifier(r), sql.Identifier(c))
+        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
