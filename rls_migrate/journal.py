@@ -167,6 +167,19 @@ def schema_revision(conn: Conn) -> str | None:
 
 
 def _run_alembic(conn_or_dsn: Conn | str, run: Callable[[Config], None]) -> None:
+    """Run an Alembic command; a server error comes out as the psycopg error it is, not
+    wrapped by SQLAlchemy, so that callers (and the CLI) handle it like any other."""
+    import sqlalchemy.exc
+
+    try:
+        _run_alembic_unwrapped(conn_or_dsn, run)
+    except sqlalchemy.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.Error):
+            raise exc.orig from None
+        raise
+
+
+def _run_alembic_unwrapped(conn_or_dsn: Conn | str, run: Callable[[Config], None]) -> None:
     if isinstance(conn_or_dsn, str):
         run(alembic_config(dsn=conn_or_dsn))
         return

@@ -81,7 +81,8 @@ class ParentRef(Strict):
 
     @classmethod
     def parse(cls, text: str) -> ParentRef:
-        match = re.match(r"^\s*(.+?)\s*->\s*(.+?)\s*\(\s*(.+?)\s*\)\s*$", text)
+        # DOTALL: a quoted identifier may hold a newline, and must not end the match early.
+        match = re.match(r"^\s*(.+?)\s*->\s*(.+?)\s*\(\s*(.+?)\s*\)\s*$", text, re.DOTALL)
         if not match:
             raise ValueError(
                 f"expected 'column -> schema.table(column)', e.g. "
@@ -93,6 +94,16 @@ class ParentRef(Strict):
             raise ValueError(f"{len(cols)} column(s) on the left but {len(refs)} on the right")
         QualifiedName.parse(match.group(2))
         return cls(columns=cols, table=match.group(2), ref_columns=refs)
+
+    @model_validator(mode="after")
+    def _columns_pair_up(self) -> ParentRef:
+        # Written as a mapping, the pairing is not checked by parse(): check it here.
+        if not self.columns:
+            raise ValueError("'columns' is empty: name the child column(s) of the foreign key")
+        if len(self.columns) != len(self.ref_columns):
+            raise ValueError(f"{len(self.columns)} column(s) in 'columns' but "
+                             f"{len(self.ref_columns)} in 'ref_columns': they pair up one to one")
+        return self
 
     @property
     def qname(self) -> QualifiedName:
@@ -402,9 +413,13 @@ def load_playbook(path: str | Path) -> Playbook:
     """Read and validate a playbook file's shape; raises :class:`PlaybookError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlaybookError(f"{path}: cannot read the playbook: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise PlaybookError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                            f"at offset {exc.start}): save the playbook as UTF-8") from None
     return parse_playbook(text, str(path))
 
 

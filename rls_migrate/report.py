@@ -192,6 +192,10 @@ def parse_log_line(line: str, source: str = "log") -> Violation | None:
     imitates the message therefore cannot make a second record, and the real object, whose
     strings are JSON-escaped, cannot hide a valid object inside itself. ``jsonlog`` lines
     (PostgreSQL 15+) are JSON objects whose ``message`` holds the recorder's message."""
+    if line.startswith("\t"):
+        # A continuation line of a multi-line message: the statement text of a STATEMENT:
+        # or statement: line, which the application chose.
+        return None
     stripped = line.strip()
     if stripped.startswith("{") and '"message"' in stripped:
         try:
@@ -205,11 +209,18 @@ def parse_log_line(line: str, source: str = "log") -> Violation | None:
             return None
     position = stripped.rfind(LOG_PREFIX)
     while position >= 0:
-        found = _decode_to_end(stripped, position + len(LOG_PREFIX), source)
-        if found is not None:
-            return found
+        # The recorder's message is the whole message of a LOG entry: right after the
+        # severity, not at the end of a STATEMENT: line that quotes the application.
+        if stripped.endswith(_SEVERITY, 0, position):
+            found = _decode_to_end(stripped, position + len(LOG_PREFIX), source)
+            if found is not None:
+                return found
         position = stripped.rfind(LOG_PREFIX, 0, position)
     return None
+
+
+_SEVERITY = "LOG:  "
+"""What precedes a LOG entry's message in the stderr and syslog formats."""
 
 
 def _open_text(path: Path) -> TextIO:

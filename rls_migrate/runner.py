@@ -95,6 +95,16 @@ def _open(dsn: str, command: str) -> psycopg.Connection[Any]:
     return connect(dsn, application_name=f"rls-migrate {command}")
 
 
+def _refuse_standby(conn: psycopg.Connection[Any], command: str) -> None:
+    """A hot standby accepts the connection and refuses the first write, halfway through;
+    say so up front instead."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row and row[0]:
+        raise PrerequisiteError(
+            f"cannot {command}: the server is a hot standby (in recovery, read-only); "
+            "point --dsn at the primary")
+
+
 def _plan(conn: psycopg.Connection[Any], playbook: Playbook, source: str,
           stages: Sequence[str] | None = None) -> tuple[Catalog, Plan]:
     catalog = Catalog.load(conn, schemas=playbook.schemas)
@@ -153,6 +163,8 @@ def apply_stage(
         raise UsageError(f"stage {stage} can be planned (rls-migrate plan) but not applied by "
                          f"this version; applicable stages: {', '.join(APPLICABLE)}")
     with _open(dsn, f"apply {stage}") as conn:
+        if not dry_run:
+            _refuse_standby(conn, f"apply stage {stage}")
         catalog, plan = _plan(conn, playbook, source)
         if stage == "prepare":
             blocking = [f for f in check_roles(PlanContext(catalog, playbook)) if f.blocking]
@@ -208,6 +220,8 @@ def rollback_to(
             if target == "none" or STAGES.index(s) > STAGES.index(target)]
     results: list[StageResult] = []
     with _open(dsn, f"rollback to {target}") as conn:
+        if not dry_run:
+            _refuse_standby(conn, f"roll back to {target}")
         if journal_mod.schema_revision(conn) is None:
             raise GateClosed("nothing to roll back: the rls_migrate schema does not exist")
         _, plan = _plan(conn, playbook, source)

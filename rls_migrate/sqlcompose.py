@@ -43,3 +43,23 @@ def compose(template: LiteralString, *args: sql.Composable, **kwargs: sql.Compos
         else:
             parts.append(kwargs[field])
     return sql.Composed(parts)
+
+
+def for_params(query: sql.SQL | sql.Composed) -> sql.SQL | sql.Composed:
+    """``query`` made safe to execute with bound parameters: psycopg reads every ``%`` of the
+    final text as a placeholder, including one inside a quoted identifier or literal
+    (``"100%"``), so those are doubled; the template's own ``%s`` stay placeholders.
+    Queries executed without parameters need no such care."""
+    if isinstance(query, sql.Composed):
+        return sql.Composed([_escaped(part) for part in query])
+    return query
+
+
+def _escaped(part: sql.Composable) -> sql.Composable:
+    if isinstance(part, sql.Composed):
+        return sql.Composed([_escaped(p) for p in part])
+    if isinstance(part, sql.Identifier | sql.Literal):
+        text = part.as_string(None)
+        if "%" in text:
+            return sql.SQL(text.replace("%", "%%"))
+    return part

@@ -346,3 +346,19 @@ def test_twins_follow_index_usage(sample: Sample, pg_server: servers.PostgresSer
             "create_index:public.users:users_account_id_rlsm_idx"]
     finally:
         factory.drop(servers.dbname_of(dsn))
+
+
+@pytest.mark.parametrize(("prefix", "name", "suffix"), [
+    ("", "users", "_" + "tenant_" + "t" * 56 + "_rlsm_fkey"),  # a 63-byte column in the suffix
+    ("", "users", "_mandant_é_rlsm_fkey"),
+    ("tenant_sync_", "数据表" * 10, ""),
+    ("", "x" * 63, "_idx"),
+])
+def test_object_names_fit_and_stay_distinct(prefix: str, name: str, suffix: str) -> None:
+    from rls_migrate.stages.common import object_name
+
+    made = object_name(prefix, QualifiedName("s", name), suffix)
+    assert len(made.encode()) <= 63 and made.isascii()
+    assert made == object_name(prefix, QualifiedName("s", name), suffix)  # deterministic
+    assert made != object_name(prefix, QualifiedName("s", name), suffix + "x")
+    assert made != object_name(prefix, QualifiedName("t", name), suffix)

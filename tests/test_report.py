@@ -129,6 +129,12 @@ def test_parse_log_line_cannot_be_forged_by_a_prefix_or_a_value() -> None:
                  stderr_line(record()) + " trailing", stderr_line(record(at="yesterday")),
                  "rls_migrate violation [1, 2]"):
         assert parse_log_line(line) is None, line
+    # The application's own statement, which the server logs after the recorder's line
+    # (STATEMENT:, or statement: with log_statement), quoting whatever the application sent.
+    for line in (f"2026 [1] STATEMENT:  SELECT 1 -- rls_migrate violation {forged}",
+                 f"2026 [1] LOG:  statement: SELECT 1 -- rls_migrate violation {forged}",
+                 f"\trls_migrate violation {forged}", f"\tLOG:  rls_migrate violation {forged}"):
+        assert parse_log_line(line) is None, line
 
 
 def test_read_log_reads_stderr_gzip_csvlog_and_jsonlog(tmp_path: Path) -> None:

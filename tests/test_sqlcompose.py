@@ -29,3 +29,24 @@ def test_same_as_psycopg_format(template: str, args: tuple[sql.Composable, ...],
 def test_rejects_format_specs() -> None:
     with pytest.raises(ValueError, match="format spec"):
         compose("SELECT {:>10}", sql.Literal(1))
+
+
+def test_for_params_keeps_percent_in_names_and_literals(empty_db: str) -> None:
+    """A '%' in an identifier or literal is not a placeholder once escaped; the template's
+    own %s still is."""
+    import psycopg
+
+    from rls_migrate.sqlcompose import for_params
+
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(compose("CREATE TABLE {} ({} int, {} text)", sql.Identifier("pct%s"),
+                             sql.Identifier("%(x)s"), sql.Identifier("100%")))
+        insert = compose("INSERT INTO {} ({}, {}) VALUES (%s, {} || %s)", sql.Identifier("pct%s"),
+                         sql.Identifier("%(x)s"), sql.Identifier("100%"), sql.Literal("50% "))
+        with pytest.raises(psycopg.ProgrammingError):
+            conn.execute(insert, [1, "off"])
+        conn.execute(for_params(insert), [1, "off"])
+        row = conn.execute(for_params(compose("SELECT {} FROM {} WHERE {} = %s",
+                                              sql.Identifier("100%"), sql.Identifier("pct%s"),
+                                              sql.Identifier("%(x)s"))), [1]).fetchone()
+        assert row == ("50% off",)

@@ -30,6 +30,7 @@ from psycopg import sql
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.playbook import Options
+from rls_migrate.sqlcompose import for_params
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -466,7 +467,7 @@ def _batch_body(
         hi, last = _batch_end(cur, spec, lo, max_key, size)
         statement, params = _batch_statement(spec, lo, hi)
         started = time.perf_counter()
-        cur.execute(statement, params)
+        cur.execute(for_params(statement), params)
         pipeline.sync()
         rows = cur.rowcount
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -493,9 +494,9 @@ def _batch_end(
         hi_page = min(lo_page + size, int(max_key[0]))
         return [str(hi_page)], hi_page >= int(max_key[0])
     if lo is None:
-        row = cur.execute(spec.first_next_key_sql, [*max_key, size - 1]).fetchone()
+        row = cur.execute(for_params(spec.first_next_key_sql), [*max_key, size - 1]).fetchone()
     else:
-        row = cur.execute(spec.next_key_sql, [*lo, *max_key, size - 1]).fetchone()
+        row = cur.execute(for_params(spec.next_key_sql), [*lo, *max_key, size - 1]).fetchone()
     if row is None:
         return list(max_key), True
     hi = [str(v) for v in row]

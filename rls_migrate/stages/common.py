@@ -154,15 +154,29 @@ def _parents_first(entries: dict[QualifiedName, TenantTable]) -> list[TenantTabl
 def object_name(prefix: str, qname: QualifiedName, suffix: str = "") -> str:
     """A deterministic name that fits PostgreSQL's 63 bytes, e.g. ``comments_tenant_idx``.
 
-    Long or non-ASCII names are shortened and made unique with a hash of the full name."""
+    Long or non-ASCII names are shortened and made unique with a hash of the full name; so
+    is a suffix that would leave the table's name no room (it may carry a 63-byte column
+    name): a name PostgreSQL truncated would no longer be the one the done checks and the
+    rollback look for."""
     base = f"{prefix}{qname.name}{suffix}"
     if len(base.encode()) <= MAX_IDENT and base.isascii():
         return base
-    digest = hashlib.sha1(f"{qname.schema}.{qname.name}".encode()).hexdigest()[:8]
-    stem = qname.name.encode("ascii", "ignore").decode()
-    stem = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+    if not suffix.isascii() or len(prefix) + len(suffix) > MAX_IDENT // 2:
+        tail = _ascii_word(suffix)[-16:].lstrip("_")
+        suffix = f"_{_digest(suffix, 6)}_{tail}"
+    digest = _digest(f"{qname.schema}.{qname.name}", 8)
+    stem = _ascii_word(qname.name)
     room = MAX_IDENT - len(prefix) - len(suffix) - len(digest) - 1
     return f"{prefix}{stem[:max(room, 0)]}_{digest}{suffix}"
+
+
+def _ascii_word(text: str) -> str:
+    stem = text.encode("ascii", "ignore").decode()
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:size]
 
 
 def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:

@@ -35,7 +35,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from rls_migrate.catalog import QualifiedName, Table
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, for_params
 from rls_migrate.stages.common import regclass_text
 from rls_migrate.verify.model import Finding, Rule
 
@@ -198,7 +198,7 @@ def _attempt(conn: Conn, statement: sql.Composed, params: Sequence[Any]) -> tupl
     what the next one sees): (rows it touched, or -1, and the error it raised)."""
     try:
         with conn.transaction(force_rollback=True):
-            cur = conn.execute(statement, params)
+            cur = conn.execute(for_params(statement), params)
             return cur.rowcount, None
     except psycopg.Error as exc:
         return -1, exc
@@ -238,14 +238,15 @@ def pick_tenants(conn: Conn, target: ProbeTarget,
         if row is None:
             return Unprobeable("skip", "no row with a tenant: nothing to probe")
         b = str(row[0])
-        row = conn.execute(compose("SELECT {}::text FROM {} WHERE {} IS NOT NULL AND {} <> {}"
-                                   " LIMIT 1", col, ident, col, col, _typed(target)),
-                           [b]).fetchone()
+        row = conn.execute(for_params(compose(
+            "SELECT {}::text FROM {} WHERE {} IS NOT NULL AND {} <> {} LIMIT 1",
+            col, ident, col, col, _typed(target))), [b]).fetchone()
         if row is None and root is not None:
             table, key, key_type = root
-            row = conn.execute(compose("SELECT {}::text FROM {} WHERE {} <> CAST(%s AS {})"
-                                       " LIMIT 1", sql.Identifier(key), table.ident,
-                                       sql.Identifier(key), sql.SQL(key_type)), [b]).fetchone()
+            row = conn.execute(for_params(compose(
+                "SELECT {}::text FROM {} WHERE {} <> CAST(%s AS {}) LIMIT 1",
+                sql.Identifier(key), table.ident, sql.Identifier(key), sql.SQL(key_type))),
+                [b]).fetchone()
         if row is None:
             return Unprobeable("skip", "only one tenant: nobody to cross into")
         return str(row[0]), b
@@ -265,7 +266,7 @@ def probe_table(conn: Conn, target: ProbeTarget, tenant_a: str, tenant_b: str,
     with conn.transaction(force_rollback=True):
         _begin(conn, settings)
         _set_context(conn, settings.setting, tenant_b)
-        b_rows = conn.execute(_rows_sql(target), [tenant_b]).fetchall()
+        b_rows = conn.execute(for_params(_rows_sql(target)), [tenant_b]).fetchall()
         if not b_rows:
             if picked:
                 return [READ.problem(name, f"tenant {tenant_b} has rows here but does not see "
@@ -277,12 +278,12 @@ def probe_table(conn: Conn, target: ProbeTarget, tenant_a: str, tenant_b: str,
         b_row = Jsonb(b_rows[0][0])
 
         _set_context(conn, settings.setting, tenant_a)
-        a_rows = conn.execute(_rows_sql(target), [tenant_a]).fetchall()
-        seen = conn.execute(compose("SELECT count(*) FROM {} WHERE {}", ident, keys),
+        a_rows = conn.execute(for_params(_rows_sql(target)), [tenant_a]).fetchall()
+        seen = conn.execute(for_params(compose("SELECT count(*) FROM {} WHERE {}", ident, keys)),
                             key_params).fetchone()
-        other = conn.execute(compose("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} IS"
-                                     " DISTINCT FROM {} LIMIT 1) AS s", ident, col, typed),
-                             [tenant_a]).fetchone()
+        other = conn.execute(for_params(compose(
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} IS DISTINCT FROM {} LIMIT 1) AS s",
+            ident, col, typed)), [tenant_a]).fetchone()
         seen_n, other_n = (seen[0] if seen else 0), (other[0] if other else 0)
         if seen_n or other_n:
             out.append(READ.problem(name, f"with tenant {tenant_a}'s context the application "

@@ -121,18 +121,10 @@ NAMES = ("public.nope", "public.issues", "public.accounts", "public.countries", 
          "id -> public.issues(id)", "uuid", "text")
 
 
-def known_bug(exc: BaseException) -> str | None:
-    """A traceback already reported (with its own xfail test), so that the fuzz goes on
-    looking for new ones."""
-    if isinstance(exc, ValueError) and "zip() argument" in str(exc):
-        return "known: parent columns/ref_columns of different lengths"
-    return None
-
-
 def judge(text: str, catalog: Catalog) -> str:
     """What the library makes of a playbook text: ``shape`` (PlaybookError while parsing),
-    ``catalog`` (rejected while planning), ``valid``, or a known bug. Any other exception
-    escapes: it is what a user would get as a traceback."""
+    ``catalog`` (rejected while planning) or ``valid``. Any other exception escapes: it is
+    what a user would get as a traceback."""
     try:
         playbook = parse_playbook(text, "fuzz.yaml")
     except RlsMigrateError as exc:
@@ -143,29 +135,25 @@ def judge(text: str, catalog: Catalog) -> str:
     except RlsMigrateError as exc:
         assert exc.message.strip(), "an empty error message"
         return "catalog"
-    except Exception as exc:
-        known = known_bug(exc)
-        if known is None:
-            raise
-        return known
     return "valid"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "playbook.ParentRef checks that 'columns' and 'ref_columns' have the same length only "
-    "when parent is written as 'a -> t(b)'; written as a mapping (as dump_playbook writes "
-    "it), columns: [] passes, and the planners' zip(..., strict=True) raises ValueError: a "
-    "traceback from plan and apply"))
-def test_parent_mapping_with_mismatched_columns(sample: str) -> None:
-    with psycopg.connect(sample, autocommit=True) as conn:
-        catalog = Catalog.load(conn)
+@pytest.mark.parametrize(("columns", "expected"), [
+    ("[]", "'columns' is empty"),
+    ("[project_id, id]", "2 column\\(s\\) in 'columns' but 1 in 'ref_columns'"),
+])
+def test_parent_mapping_with_mismatched_columns(sample: str, columns: str,
+                                                expected: str) -> None:
+    """Written as a mapping (as dump_playbook writes it), the parent's column lists must
+    pair up too: the planners zip them."""
     text = ("version: 1\ntenant: {table: public.accounts, key: id}\nroles: {app: app_user}\n"
             "tables:\n  public.accounts: {strategy: root, column: id}\n"
             "  public.projects: {strategy: direct, column: account_id}\n"
-            "  public.issues: {strategy: derive, parent: {columns: [], table: public.projects,"
-            " ref_columns: [id]}}\n")
-    with pytest.raises(RlsMigrateError):
-        build_plan(catalog, parse_playbook(text, "fuzz.yaml"))
+            f"  public.issues: {{strategy: derive, parent: {{columns: {columns},"
+            " table: public.projects, ref_columns: [id]}}\n")
+    with pytest.raises(PlaybookError, match=rf"fuzz\.yaml:7: tables\.public\.issues\.parent: "
+                                            rf"{expected}"):
+        parse_playbook(text, "fuzz.yaml")
 
 
 def mutate(data: st.DataObject, doc: Any) -> Any:
@@ -487,10 +475,6 @@ def test_fuzz_cli_arguments_reduced(sample: str, tmp_path: Path,
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(strict=True, reason=(
-    "playbook.load_playbook reads the file with Path.read_text() and catches OSError only: a "
-    "playbook that is not UTF-8 raises UnicodeDecodeError, a traceback from every command "
-    "that reads one (plan, apply, status, rollback, report, verify, check --playbook)"))
 def test_playbook_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("tenant: {table: café}\n".encode("latin-1"))
@@ -601,10 +585,6 @@ def test_server_too_old(sample: str, stage_templates: StageTemplates,
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(strict=True, reason=(
-    "the schema upgrade runs through Alembic/SQLAlchemy, which wraps the server's error in "
-    "sqlalchemy.exc.ProgrammingError; cli.main catches psycopg.Error only, so a role without "
-    "CREATE gets a traceback ('permission denied for database') instead of one error line"))
 def test_role_without_create(sample: str, stage_templates: StageTemplates,
                              tmp_path: Path) -> None:
     role = "rel_no_create"
@@ -622,11 +602,6 @@ def test_role_without_create(sample: str, stage_templates: StageTemplates,
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(strict=True, reason=(
-    "on a hot standby `apply --stage prepare` goes as far as the schema upgrade, whose "
-    "'cannot execute CREATE SCHEMA in a read-only transaction' comes wrapped in "
-    "sqlalchemy.exc.InternalError, which cli.main does not catch: a traceback (apply could "
-    "also refuse up front: pg_is_in_recovery())"))
 def test_database_in_recovery(fault_templates: StageTemplates,
                               fault_server: servers.LocalServer,
                               fault_standby: StandbyServer, tmp_path: Path) -> None:

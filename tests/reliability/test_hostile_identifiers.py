@@ -107,43 +107,26 @@ CASES = (
          derived="/* c */", derived_fk=";", no_pk="'", no_pk_fk='"', payload=" lead",
          tenant_column="trail ", app_role="$role",
          tenants=(7, 8, 9)),
-)
-# Cases that fail today, each for one reason (xfail, strict: a fix makes them pass and the
-# marker must go).
-KNOWN_FAILURES = (
-    pytest.param(Case("percent-braces-bigint", "bigint",
-                      schema="pct%s", root="{accounts}", key="%(id)s", direct="100%",
-                      direct_fk="fk%", derived="{0}", derived_fk="%%", no_pk="%s%s",
-                      no_pk_fk="{}", payload="%(x)s", tenant_column="tenant%",
-                      app_role="app%role", tenants=(1, 2, 3)),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "a '%' in an identifier breaks every statement the toolkit runs with "
-                     "parameters: psycopg reads '%s'/'%(x)s' inside a quoted identifier of a "
-                     "composed query as a placeholder ('positional and named placeholders "
-                     "cannot be mixed'); e.g. the verify probe's INSERT, the backfill batches"))),
-    pytest.param(Case("max-length-columns-uuid", "uuid",
-                      schema="s63", root="accounts", key="id", direct="users",
-                      direct_fk=_63("account_", "a"), derived="issues", derived_fk="user_id",
-                      no_pk="notes", no_pk_fk="issue_id", payload="body",
-                      tenant_column=_63("tenant_", "t"), app_role="app63",
-                      tenants=(uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3))),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "stages/common.object_name() does not bound the suffix: with a 63-byte "
-                     "tenant column, '_<hash>_<column>_rlsm_fkey' exceeds 63 bytes, "
-                     "PostgreSQL truncates the constraint it creates, and constrain's VALIDATE "
-                     "(and the done checks) name the untruncated one: 'constraint ... does not "
-                     "exist'; likewise the tenant index named after a 63-byte key column is "
-                     "created truncated and never dropped by rollback"))),
-    pytest.param(Case("newline-bigint", "bigint",
-                      schema="new\nline", root="acc\nounts", key="id", direct="users",
-                      direct_fk="account\nid", derived="is\nsues", derived_fk="user_id",
-                      no_pk="notes", no_pk_fk="issue_id", payload="body",
-                      tenant_column="tenant_id", app_role="app_nl", tenants=(1, 2, 3)),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "playbook.ParentRef.parse matches 'column -> table(column)' without "
-                     "re.DOTALL: a newline in a column or table name makes init refuse "
-                     "('cannot write a valid playbook ... expected column -> schema.table"
-                     "(column)')"))),
+    # '%' in every name: psycopg reads '%s' inside a quoted identifier as a placeholder
+    # unless the statement is escaped for parameters (sqlcompose.for_params).
+    Case("percent-braces-bigint", "bigint",
+         schema="pct%s", root="{accounts}", key="%(id)s", direct="100%",
+         direct_fk="fk%", derived="{0}", derived_fk="%%", no_pk="%s%s",
+         no_pk_fk="{}", payload="%(x)s", tenant_column="tenant%",
+         app_role="app%role", tenants=(1, 2, 3)),
+    # A 63-byte tenant column: the names built from it (constraints, indexes) must still fit.
+    Case("max-length-columns-uuid", "uuid",
+         schema="s63", root="accounts", key="id", direct="users",
+         direct_fk=_63("account_", "a"), derived="issues", derived_fk="user_id",
+         no_pk="notes", no_pk_fk="issue_id", payload="body",
+         tenant_column=_63("tenant_", "t"), app_role="app63",
+         tenants=(uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3))),
+    # Newlines in names: the playbook's 'column -> table(column)' must still parse.
+    Case("newline-bigint", "bigint",
+         schema="new\nline", root="acc\nounts", key="id", direct="users",
+         direct_fk="account\nid", derived="is\nsues", derived_fk="user_id",
+         no_pk="notes", no_pk_fk="issue_id", payload="body",
+         tenant_column="tenant_id", app_role="app_nl", tenants=(1, 2, 3)),
 )
 ROWS_PER_TENANT = 3
 
@@ -273,8 +256,8 @@ def run_case(dsn: str, case: Case, tmp_path: Path, *, cli_plan: bool) -> int:
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("case", [*CASES, *KNOWN_FAILURES],
-                         ids=[c.id for c in CASES] + [p.values[0].id for p in KNOWN_FAILURES])
+@pytest.mark.parametrize("case", CASES,
+                         ids=[c.id for c in CASES])
 def test_hostile_names_through_every_stage(case: Case, empty_db: str,
                                            pg_server: servers.PostgresServer,
                                            tmp_path: Path) -> None:
@@ -292,8 +275,7 @@ def test_hostile_names_reduced(empty_db: str, pg_server: servers.PostgresServer,
 
 def test_the_cases_are_hostile() -> None:
     """What the full version tries: every kind of name the brief lists, every key type."""
-    names = set().union(*(c.names for c in CASES),
-                        *(p.values[0].names for p in KNOWN_FAILURES))
+    names = set().union(*(c.names for c in CASES))
     assert {c.key_type for c in CASES} == {"bigint", "integer", "uuid", "text"}
     assert any(len(n.encode()) == 63 and not n.isascii() for n in names)
     assert {'"', "'", " ", ".", "\\", "$", "\n", "%s", "{}"} <= {

@@ -535,14 +535,6 @@ def test_a_crafted_application_name_cannot_forge_a_record(
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(strict=True, reason=(
-    "the server logs the application's statement after the recorder's LOG line (a "
-    "'STATEMENT:' line, log_min_error_statement = error covers LOG), raw: its continuation "
-    "lines start with a tab, and a statement ending in a JSON object is a line ending in "
-    "one; report.parse_log_line strips the line and accepts 'rls_migrate violation {...}' "
-    "at its end, so a statement such as `SELECT ... /*\\nrls_migrate violation {forged}\\n*/` "
-    "or `SELECT ... -- rls_migrate violation {forged}` adds a record of the attacker's "
-    "choosing (read_log should take only the line that carries the LOG severity)"))
 def test_a_crafted_statement_cannot_forge_a_record(
         fault_templates: StageTemplates, fault_server: servers.LocalServer) -> None:
     statements = [
