@@ -619,16 +619,19 @@ def _wait_until_safe(executor: Executor, table: QualifiedName) -> None:
 
 
 def _batch_settings(cur: psycopg.Cursor[Any], spec: BackfillSpec, skip_triggers: bool) -> None:
-    """The batch transaction's local settings: the spec's planner settings, and
+    """The batch transaction's local settings: the spec's planner settings,
     ``session_replication_role = replica`` so that user triggers (updated_at!) do not see
-    the backfill as a change (:func:`_check_trigger_skipping` made sure we may)."""
-    settings = list(spec.batch_settings)
+    the backfill as a change (:func:`_check_trigger_skipping` made sure we may), and
+    ``synchronous_commit = off``: the commit does not wait for its WAL to reach the disk.
+    That is safe here: the batch and its checkpoint commit together, so a crash that loses
+    the last batches loses their checkpoints too, and the resumed run does them again; the
+    step's final journal entry commits synchronously and flushes everything before it."""
+    settings = [*spec.batch_settings, ("synchronous_commit", "off")]
     if skip_triggers:
         settings.append(("session_replication_role", "replica"))
-    if settings:
-        cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-            sql.SQL("set_config(%s, %s, true)") for _ in settings)),
-            [v for pair in settings for v in pair])
+    cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("set_config(%s, %s, true)") for _ in settings)),
+        [v for pair in settings for v in pair])
 
 
 def _check_trigger_skipping(conn: psycopg.Connection[Any], spec: BackfillSpec) -> None:
