@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from rls_migrate import samples
+from rls_migrate import lockwaits, samples
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, UsageError
@@ -73,11 +73,14 @@ class DemoResult:
     timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     stage_marks: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     naive_timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    # The application's lock waits as the server measured them (log_lock_waits, > 10 ms):
+    # {"relation": worst ms, "row": worst ms, "waits": how many}.
+    lock_waits: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class _Display:
-    """A live rich panel (stage, workload throughput, errors, worst wait) on a terminal;
-    plain lines otherwise."""
+    """A live rich panel (stage, workload throughput, errors, slowest transaction) on a
+    terminal; plain lines otherwise."""
 
     def __init__(self, echo: Echo, live: bool) -> None:
         self.echo = echo
@@ -103,7 +106,7 @@ class _Display:
             table.add_row("workload", f"{s.transactions:,} transactions, "
                           f"{s.transactions / max(s.seconds, 0.001):,.0f}/s")
             table.add_row("errors", str(s.errors))
-            table.add_row("worst wait", f"{s.worst_ms:,.0f} ms")
+            table.add_row("slowest transaction", f"{s.worst_ms:,.0f} ms")
         return table
 
     def __enter__(self) -> _Display:
@@ -139,9 +142,29 @@ class _Display:
 def _new_database(server: servers.LocalServer, name: str, scale: float) -> str:
     with connect(server.dsn("postgres")) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        lockwaits.log_lock_waits(conn, name)
     dsn = server.dsn(name)
     samples.load(dsn, scale=scale)
     return dsn
+
+
+def _log_size(server: servers.LocalServer) -> int:
+    path = server.log_path
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def _app_lock_waits(server: servers.LocalServer, since: int, dbname: str) -> dict[str, float]:
+    """The worst wait per kind of lock of the application role in ``dbname`` since the log
+    had ``since`` bytes."""
+    if server.log_path is None:
+        return {}
+    waits = lockwaits.parse(lockwaits.read_since(server.log_path, since),
+                            user=samples.APP_ROLE, database=dbname)
+    out: dict[str, float] = {"relation": 0.0, "row": 0.0, "waits": float(len(waits))}
+    for wait in waits:
+        if wait.kind in out:
+            out[wait.kind] = max(out[wait.kind], wait.ms)
+    return out
 
 
 def _checksums(dsn: str) -> dict[str, str]:
@@ -196,6 +219,7 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
              f"{samples.APP_ROLE}, plus a nightly job that forgot its tenant context):")
         load = Workload(app_dsn, dsn, threads=threads, forgotten_job=True,
                         forgotten_every_s=0.3)
+        log_offset = _log_size(server)
         with _Display(echo, live) as display:
             display.load = load
             load.start()
@@ -258,6 +282,9 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
                 stats = load.stop()
         result.workload = stats.summary()
         result.timeline = list(stats.timeline)
+        time.sleep(0.2)  # the server writes its log asynchronously
+        result.lock_waits = _app_lock_waits(server, log_offset, "saas")
+        result.lock_waits["lock_timeout"] = playbook.options.lock_timeout
         result.untouched_unchanged = _checksums(dsn) == before
         if naive:
             result.naive, result.naive_timeline = run_naive(server, scale, threads, echo)
@@ -278,8 +305,14 @@ def _print_summary(result: DemoResult, stats: WorkloadStats, echo: Echo) -> None
         echo(f"  {stage:<22} {seconds:6.2f} s")
     w = result.workload
     echo(f"  workload: {w['transactions']:,} transactions, {w['errors']} failed, "
-         f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, worst wait {w['max_ms']} ms, "
+         f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, slowest {w['max_ms']} ms, "
          f"longest stall {w['longest_stall_ms']} ms")
+    if result.lock_waits:
+        waits = result.lock_waits
+        echo(f"  lock waits of the application (server-measured, > 10 ms): "
+             f"{waits['waits']:.0f}; worst on a table {waits['relation']:.0f} ms (lock_timeout "
+             f"{waits.get('lock_timeout', 0):.0f} ms), worst on a row {waits['row']:.0f} ms "
+             "(a backfill batch holds the rows it fills until it commits)")
     echo(f"  forgotten job: {result.violations_seen} violating statement(s) recorded in "
          f"observe mode; enforce gate refused: {result.gate_refused}")
     echo(f"  kill switch (enforce -> observe): {result.kill_switch_s} s; verify ok: "
@@ -288,8 +321,9 @@ def _print_summary(result: DemoResult, stats: WorkloadStats, echo: Echo) -> None
     if result.naive:
         n = result.naive
         echo(f"  naive migration: {n['total_s']} s, workload {n['transactions']:,} transactions,"
-             f" {n['errors']} failed, worst wait {n['max_ms']} ms, longest stall "
-             f"{n['longest_stall_ms']} ms")
+             f" {n['errors']} failed, slowest {n['max_ms']} ms, longest stall "
+             f"{n['longest_stall_ms']} ms, worst lock wait on a table "
+             f"{n.get('lock_waits', {}).get('relation', 0):.0f} ms")
     echo(f"  total {result.total_s} s")
 
 
@@ -321,6 +355,7 @@ def run_naive(server: servers.LocalServer, scale: float, threads: int, echo: Ech
     echo("\nThe naive migration on a fresh copy, same workload:")
     dsn = _new_database(server, "saas_naive", scale)
     load = Workload(server.dsn("saas_naive", user=samples.APP_ROLE), dsn, threads=threads)
+    log_offset = _log_size(server)
     started = time.perf_counter()
     failed: list[str] = []
     with load:
@@ -337,6 +372,8 @@ def run_naive(server: servers.LocalServer, scale: float, threads: int, echo: Ech
     summary = load.stats.summary()
     summary["total_s"] = round(time.perf_counter() - started, 2)
     summary["migration_errors"] = failed
+    time.sleep(0.2)
+    summary["lock_waits"] = _app_lock_waits(server, log_offset, "saas_naive")
     for line in failed:
         echo(f"  migration statement failed: {line}")
     timeline = list(load.stats.timeline)

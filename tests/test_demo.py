@@ -28,3 +28,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
                                   "observe", "enforce", "verify", "re-enforce"}
     assert result.naive is not None and result.naive["errors"] > 0
     assert any("Summary" in line for line in lines)
+    # The application's lock waits, measured by the server: a table lock is never held
+    # against it for much longer than lock_timeout (the tool's promise; the margin is the
+    # scheduling of a shared 2-core machine).
+    assert set(result.lock_waits) >= {"relation", "row", "waits", "lock_timeout"}
+    assert result.lock_waits["relation"] <= result.lock_waits["lock_timeout"] * 1.5, \
+        result.lock_waits

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ import pytest
 from enforce_helpers import configure, sample_playbook
 from psycopg import sql
 
-from rls_migrate import samples
+from rls_migrate import lockwaits, samples
 from rls_migrate.catalog import Catalog
 from rls_migrate.context import tenant_transaction
 from rls_migrate.planner import build_plan
@@ -345,24 +344,17 @@ class LockHolder:
             self._timer.join(timeout=30)
 
 
-_ACQUIRED = re.compile(r" (?P<user>\S+)@(?P<db>\S+) LOG:  process \d+ acquired (?P<mode>\w+) on "
-                       r"relation (?P<rel>\d+) of database \d+ after (?P<ms>[\d.]+) ms")
-
-
 def log_lock_waits(dsn: str) -> None:
     """Make the server log every lock wait longer than 10 ms in ``dsn``'s database, with
-    its duration when the lock is granted (``log_lock_waits``, ``deadlock_timeout``): the
-    exact time each session waited, measured by the server, not the client."""
-    dbname = servers.dbname_of(dsn)
+    its duration when the lock is granted: the exact time each session waited, measured by
+    the server, not the client."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for setting, value in (("log_lock_waits", "on"), ("deadlock_timeout", "10ms")):
-            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
-                sql.Identifier(dbname), sql.Identifier(setting), sql.Literal(value)))
+        lockwaits.log_lock_waits(conn, servers.dbname_of(dsn))
 
 
 def relation_waits(log_text: str, dsn: str, user: str) -> list[tuple[str, float]]:
     """``(lock mode, ms)`` of every relation lock ``user`` waited for in ``dsn``'s
     database longer than deadlock_timeout, from the server log."""
-    dbname = servers.dbname_of(dsn)
-    return [(m["mode"], float(m["ms"])) for m in _ACQUIRED.finditer(log_text)
-            if m["user"] == user and m["db"] == dbname]
+    return [(w.mode, w.ms) for w in lockwaits.parse(log_text, user=user,
+                                                    database=servers.dbname_of(dsn))
+            if w.kind == "relation"]
