@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,12 +62,7 @@ class QualifiedName:
     @classmethod
     def parse(cls, text: str, default_schema: str = "public") -> QualifiedName:
         """``public.issues``, ``issues``, ``"Project Notes"``, ``"my.schema"."t"``."""
-        parts = split_qualified(text)
-        if len(parts) == 1:
-            return cls(default_schema, parts[0])
-        if len(parts) == 2:
-            return cls(parts[0], parts[1])
-        raise ValueError(f"not a table name: {text!r} (expected name or schema.name)")
+        return _parse_qualified(text, default_schema)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -79,6 +75,17 @@ class QualifiedName:
     def short(self) -> str:
         """Without the schema when it is ``public``."""
         return quote_ident(self.name) if self.schema == "public" else str(self)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_qualified(text: str, default_schema: str) -> QualifiedName:
+    # Cached: a plan looks the playbook's names up tens of thousands of times.
+    parts = split_qualified(text)
+    if len(parts) == 1:
+        return QualifiedName(default_schema, parts[0])
+    if len(parts) == 2:
+        return QualifiedName(parts[0], parts[1])
+    raise ValueError(f"not a table name: {text!r} (expected name or schema.name)")
 
 
 def split_qualified(text: str) -> list[str]:

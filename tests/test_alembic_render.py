@@ -233,6 +233,12 @@ OPTIONS = {
 
 def upgrade() -> None:
     # ===== stage add-column: tenant columns, sync triggers, NOT VALID tenant foreign keys
+    # note: a new column changes what `SELECT *` returns: a session that prepared such a
+    # statement on one of these tables gets 'cached plan must not change result type' (SQLSTATE
+    # 0A000) when it runs it again; with psycopg 3 (it prepares after 5 executions) on every run
+    # until the connection is replaced. Name the columns, or disable server-side prepares
+    # (psycopg: prepare_threshold=None), or recycle the application's pooled connections right
+    # after add-column
 
     # add_column:public."Tasks: {x} %s ""q""": add tenant_id bigint (nullable, no default: a
     # catalog-only change, no rewrite)

@@ -161,3 +161,30 @@ def test_cli_apply_status_rollback(sample_db: str, tmp_path: Path) -> None:
     back = run("rollback", str(path), "--to", "add-column")
     assert back.returncode == 0, back.stderr
     assert "undone" in back.stdout
+
+
+def test_add_column_warns_about_prepared_select_star(sample_db: str) -> None:
+    """What the plan's add-column note says happens: a session that prepared `SELECT *`
+    fails on it after the column appears (psycopg 3: every time, until the connection is
+    replaced); a new connection is fine."""
+    from rls_migrate.planner import build_plan
+    from rls_migrate.stages.add_column import PREPARED_SELECT_STAR
+
+    playbook = sample_playbook(sample_db)
+    with psycopg.connect(sample_db, autocommit=True) as conn:
+        plan = build_plan(Catalog.load(conn), playbook, ["add-column"])
+    assert PREPARED_SELECT_STAR in plan.stage("add-column").notes
+    query = "SELECT * FROM comments WHERE id = %s"
+    with psycopg.connect(sample_db, autocommit=True) as app:
+        for _ in range(6):  # psycopg prepares after 5 executions
+            app.execute(query, [1]).fetchall()
+        apply_stage(sample_db, playbook, "prepare")
+        apply_stage(sample_db, playbook, "add-column")
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.FeatureNotSupported,
+                               match="cached plan must not change result type"):
+                app.execute(query, [1]).fetchall()
+    with psycopg.connect(sample_db, autocommit=True) as fresh:
+        row = fresh.execute(query, [1]).fetchone()
+        assert row is not None and "tenant_id" in [c.name for c in fresh.execute(
+            query, [1]).description or []]

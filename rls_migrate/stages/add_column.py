@@ -135,5 +135,15 @@ def plan(ctx: PlanContext) -> StagePlan:
         ))
     if not steps:
         notes.append("no derived table: every tenant table already carries the key")
+    else:
+        notes.append(PREPARED_SELECT_STAR)
     return StagePlan("add-column", tuple(steps), tuple(notes))
 
+
+PREPARED_SELECT_STAR = (
+    "a new column changes what `SELECT *` returns: a session that prepared such a statement on "
+    "one of these tables gets 'cached plan must not change result type' (SQLSTATE 0A000) "
+    "when it runs it again; with psycopg 3 (it prepares after 5 executions) on every run "
+    "until the connection is replaced. Name the columns, or disable server-side prepares "
+    "(psycopg: prepare_threshold=None), or recycle the application's pooled connections "
+    "right after add-column")

@@ -78,11 +78,12 @@ class PlanContext:
                 parent_column)
         return tuple(_parents_first(entries))
 
+    @functools.cached_property
+    def _tenant_tables_by_name(self) -> dict[QualifiedName, TenantTable]:
+        return {entry.qname: entry for entry in self.tenant_tables}
+
     def tenant_table(self, qname: QualifiedName) -> TenantTable | None:
-        for entry in self.tenant_tables:
-            if entry.qname == qname:
-                return entry
-        return None
+        return self._tenant_tables_by_name.get(qname)
 
     def tenant_value(self) -> sql.Composed:
         """The current tenant, read so that an unset or reset setting gives NULL:
