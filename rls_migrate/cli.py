@@ -369,7 +369,9 @@ def rollback(ctx: click.Context, playbook: Path, target: str, dsn: str | None,
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("playbooks"), show_default=True,
               help="where the demo writes its playbook")
-def demo(scale: float, keep: bool, naive: bool, threads: int, workdir: Path) -> None:
+@click.pass_context
+def demo(ctx: click.Context, scale: float, keep: bool, naive: bool, threads: int,
+         workdir: Path) -> None:
     """The whole migration on an embedded PostgreSQL under a live application workload:
     init, plan, every stage, report (the gate refuses while a forgotten job runs without
     tenant context), enforce, verify, and a kill-switch drill, with a summary.
@@ -381,7 +383,10 @@ def demo(scale: float, keep: bool, naive: bool, threads: int, workdir: Path) -> 
       rls-migrate demo --keep          # explore the result with psql afterwards
     """
     from rls_migrate.demo import run_demo
+    from rls_migrate.logs import configure_logging
 
+    # The demo narrates every stage itself: step logs (info) would drown the story.
+    configure_logging(ctx.obj.get("log_format", "text"), "warning")
     run_demo(scale=scale, keep=keep, naive=naive, threads=threads, workdir=workdir,
              echo=click.echo)
 
