@@ -1,9 +1,11 @@
-"""Backfill throughput: the batched backfill of `comments` against one `UPDATE ... FROM` of
+"""Backfill throughput: the batched backfill of a table against one `UPDATE ... FROM` of
 the same rows (`BackfillSpec.single_statement_sql`, the baseline), in the same run, on an
-embedded server with the sample database (scale 100: 1,000,000 comments).
+embedded server with the sample database (scale 100), for two tables: `comments` (1,000,000
+rows, tenant from `issues`; each comment's issue is picked at random, so no two rows of a
+batch share a parent) and `issues` (200,000 rows, tenant from `projects`, many issues per
+project).
 
-Both fill `comments.tenant_id` from `issues.tenant_id` after the rest of the backfill stage
-has run. Before every measured run the column is reset to NULL, the table is rewritten
+Both methods fill the tenant column after the rest of the backfill stage has run. Before every measured run the column is reset to NULL, the table is rewritten
 (`VACUUM FULL`, as fresh as right after add-column: packed pages, so neither method gets
 free space for HOT updates the other did not) and analyzed, and the server checkpoints.
 The two methods alternate over two rounds (batched first, then single first) so neither
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
@@ -58,7 +61,9 @@ from rls_migrate.steps import Step
 from rls_migrate.testing import servers
 
 RESULTS = Path(__file__).parent / "results"
-TABLE = "public.comments"
+# comments: two hops from the tenant, each row's parent (an issue) picked at random, so no two
+# rows of a batch share one; issues: one hop, many issues per project.
+TABLES = ("public.comments", "public.issues")
 TARGET_RATIO = 0.85
 TARGET_P99_MS = 300.0
 
@@ -75,19 +80,21 @@ def playbook_for(conn: psycopg.Connection[Any]) -> Playbook:
         update={"backfill": backfill})})
 
 
-def comments_step(conn: psycopg.Connection[Any], playbook: Playbook) -> Step:
+def backfill_step(conn: psycopg.Connection[Any], playbook: Playbook, table: str) -> Step:
     plan = build_plan(Catalog.load(conn), playbook, ["backfill"])
-    return next(s for s in plan.stage("backfill") if s.id == f"backfill:{TABLE}")
+    return next(s for s in plan.stage("backfill") if s.id == f"backfill:{table}")
 
 
-def reset(conn: psycopg.Connection[Any]) -> None:
-    """comments.tenant_id back to NULL, the table packed and analyzed, the journal's record
-    of its backfill forgotten, dirty pages written."""
+def reset(conn: psycopg.Connection[Any], step: Step) -> None:
+    """The table's tenant column back to NULL, the table packed and analyzed, the journal's
+    record of its backfill forgotten, dirty pages written."""
+    assert step.backfill is not None and step.table is not None
+    ident, col = step.table.ident, sql.Identifier(step.backfill.column)
     with conn.transaction():
         conn.execute("SELECT set_config('session_replication_role', 'replica', true)")
-        conn.execute("UPDATE comments SET tenant_id = NULL")
-    conn.execute("VACUUM (FULL, ANALYZE) comments")
-    Journal(conn).reset_backfill(TABLE)
+        conn.execute(sql.SQL("UPDATE {} SET {} = NULL").format(ident, col))
+    conn.execute(sql.SQL("VACUUM (FULL, ANALYZE) {}").format(ident))
+    Journal(conn).reset_backfill(step.table)
     conn.execute("CHECKPOINT")
 
 
@@ -102,8 +109,8 @@ def run_batched(conn: psycopg.Connection[Any], playbook: Playbook, step: Step) -
     _inspect(conn, step.backfill, BackfillResult(step.backfill.table))
     inspect_s = time.perf_counter() - started
     durations = [float(r[0]) for r in conn.execute(
-        "SELECT duration_ms FROM rls_migrate.backfill_batches WHERE table_name = %s",
-        [TABLE]).fetchall()]
+        "SELECT duration_ms FROM rls_migrate.backfill_batches WHERE table_name = %s"
+        " ORDER BY batch_no", [str(step.table)]).fetchall()]
     loop_s = total_s - inspect_s
     # What a batch costs besides its UPDATE: finding its end, the journal, round trips,
     # the commit.
@@ -132,6 +139,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
+def measure(conn: psycopg.Connection[Any], playbook: Playbook, table: str) -> dict[str, Any]:
+    """Two rounds of batched vs single on one table, alternating which goes first."""
+    step = backfill_step(conn, playbook, table)
+    assert step.backfill is not None and step.table is not None
+    rows = int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(step.table.ident)
+                            ).fetchone()[0])  # type: ignore[index]
+    runs: list[dict[str, Any]] = []
+    for round_no, order in enumerate((("batched", "single"), ("single", "batched")), 1):
+        for method in order:
+            reset(conn, step)
+            run = (run_batched(conn, playbook, step) if method == "batched"
+                   else run_single(conn, step))
+            run["round"] = round_no
+            assert run["rows"] == rows, run
+            runs.append(run)
+            print(json.dumps({"table": table, **{k: v for k, v in run.items()
+                                                 if k != "batch_ms"}}), flush=True)
+    assert conn.execute(step.backfill.remaining_sql).fetchone() == (0,)
+    batched = [r for r in runs if r["method"] == "batched"]
+    single = [r for r in runs if r["method"] == "single"]
+    batch_ms = [ms for r in batched for ms in r["batch_ms"]]
+    single_rate = statistics.mean(r["rows_per_s"] for r in single)
+    loop_rate = statistics.mean(r["loop_rows_per_s"] for r in batched)
+    step_rate = statistics.mean(r["step_rows_per_s"] for r in batched)
+    summary = {
+        "table": table, "rows": rows, "parent": str(step.backfill.parent),
+        "single_rows_per_s": round(single_rate),
+        "backfill_loop_rows_per_s": round(loop_rate),
+        "backfill_step_rows_per_s": round(step_rate),
+        "loop_vs_single": round(loop_rate / single_rate, 3),
+        "step_vs_single": round(step_rate / single_rate, 3),
+        # The two runs of a round are minutes apart at most: on a shared machine their
+        # ratio is the steadier comparison.
+        "loop_vs_single_by_round": [
+            round(b["loop_rows_per_s"] / s["rows_per_s"], 3)
+            for b, s in zip(batched, single, strict=True)],
+        "batches_per_run": round(statistics.mean(r["batches"] for r in batched)),
+        "batch_ms_p50": round(percentile(batch_ms, 0.5), 1),
+        "batch_ms_p99": round(percentile(batch_ms, 0.99), 1),
+        "batch_ms_max": round(max(batch_ms), 1),
+        # Which batch was the slowest, per run (1 = the first, sized before any was timed).
+        "slowest_batch": [r["batch_ms"].index(max(r["batch_ms"])) + 1 for r in batched],
+        "target_ratio": TARGET_RATIO, "target_p99_ms": TARGET_P99_MS,
+    }
+    return {"summary": summary, "runs": runs}
+
+
 def main() -> None:
     scale = float(os.environ.get("BENCH_BACKFILL_SCALE", "100"))
     backend = servers.find_backends("embedded")[0]
@@ -149,73 +203,45 @@ def main() -> None:
             playbook = playbook_for(conn)
         for stage in ("prepare", "add-column", "backfill"):
             apply_stage(dsn, playbook, stage)
-        runs: list[dict[str, Any]] = []
         with psycopg.connect(dsn, autocommit=True) as conn:
-            comments = int(conn.execute("SELECT count(*) FROM comments").fetchone()[0])  # type: ignore[index]
-            step = comments_step(conn, playbook)
-            for round_no, order in enumerate((("batched", "single"), ("single", "batched")), 1):
-                for method in order:
-                    reset(conn)
-                    run = (run_batched(conn, playbook, step) if method == "batched"
-                           else run_single(conn, step))
-                    run["round"] = round_no
-                    assert run["rows"] == comments, run
-                    runs.append(run)
-                    shown = {k: v for k, v in run.items() if k != "batch_ms"}
-                    print(json.dumps(shown), flush=True)
-            wrong = conn.execute(
-                "SELECT count(*) FROM comments c JOIN issues i ON i.id = c.issue_id"
-                " WHERE c.tenant_id IS DISTINCT FROM i.tenant_id").fetchone()
-            assert wrong == (0,), wrong
-    batched = [r for r in runs if r["method"] == "batched"]
-    single = [r for r in runs if r["method"] == "single"]
-    batch_ms = [ms for r in batched for ms in r["batch_ms"]]
-    single_rate = statistics.mean(r["rows_per_s"] for r in single)
-    loop_rate = statistics.mean(r["loop_rows_per_s"] for r in batched)
-    step_rate = statistics.mean(r["step_rows_per_s"] for r in batched)
-    summary = {
-        "single_rows_per_s": round(single_rate),
-        "backfill_loop_rows_per_s": round(loop_rate),
-        "backfill_step_rows_per_s": round(step_rate),
-        "loop_vs_single": round(loop_rate / single_rate, 3),
-        "step_vs_single": round(step_rate / single_rate, 3),
-        # The two runs of a round are minutes apart at most: on a shared machine their
-        # ratio is the steadier comparison.
-        "loop_vs_single_by_round": [
-            round(b["loop_rows_per_s"] / s["rows_per_s"], 3)
-            for b, s in zip(batched, single, strict=True)],
-        "batches_per_run": round(statistics.mean(r["batches"] for r in batched)),
-        "batch_ms_p50": round(percentile(batch_ms, 0.5), 1),
-        "batch_ms_p99": round(percentile(batch_ms, 0.99), 1),
-        "batch_ms_max": round(max(batch_ms), 1),
-        "target_ratio": TARGET_RATIO, "target_p99_ms": TARGET_P99_MS,
-    }
+            measured = [measure(conn, playbook, table) for table in TABLES]
     result = {"benchmark": "backfill", "postgres": version, "scale": scale,
-              "comments": comments, "load_s": round(load_s, 1),
+              "load_s": round(load_s, 1), "shared_buffers": shared_buffers,
               "python": sys.version.split()[0], "machine": platform.machine(),
-              "cpus": os.cpu_count(), "summary": summary,
-              "runs": [{k: v for k, v in r.items() if k != "batch_ms"} for r in runs]}
+              "cpus": os.cpu_count(), "tables": [m["summary"] for m in measured],
+              "runs": [{"table": m["summary"]["table"], **{k: v for k, v in r.items()
+                                                           if k != "batch_ms"}}
+                       for m in measured for r in m["runs"]]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "backfill.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nPostgreSQL {version}, scale {scale:g} ({comments:,} comments), "
+    print(f"\nPostgreSQL {version}, sample scale {scale:g}, shared_buffers {shared_buffers}, "
           f"{os.cpu_count()} CPUs\n")
-    print("| method | round | rows/s | s | batches | batch p50 ms | batch p99 ms |")
-    print("|---|---|---|---|---|---|---|")
-    for r in runs:
-        if r["method"] == "single":
-            print(f"| single UPDATE ... FROM (baseline) | {r['round']} | {r['rows_per_s']:,} |"
-                  f" {r['s']:.2f} | 1 | - | - |")
-        else:
-            print(f"| batched: loop | {r['round']} | {r['loop_rows_per_s']:,} | {r['loop_s']:.2f}"
-                  f" | {r['batches']} | {percentile(r['batch_ms'], 0.5):.0f} |"
-                  f" {percentile(r['batch_ms'], 0.99):.0f} |")
-            print(f"| batched: step (+ inspection) | {r['round']} | {r['step_rows_per_s']:,} |"
-                  f" {r['step_s']:.2f} | | | |")
-    by_round = ", ".join(f"{r:.0%}" for r in summary["loop_vs_single_by_round"])
-    print(f"\nbatch loop / single statement: {summary['loop_vs_single']:.0%} of the mean "
-          f"(by round: {by_round}; target "
-          f">= {TARGET_RATIO:.0%}); whole step: {summary['step_vs_single']:.0%}; "
-          f"p99 batch {summary['batch_ms_p99']:.0f} ms (target <= {TARGET_P99_MS:.0f} ms)")
+    print("| table (parent) | method | round | rows/s | s | batches | batch p50 ms "
+          "| batch p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in measured:
+        name = f"{m['summary']['table']} ({m['summary']['rows']:,} rows; parent "\
+               f"{m['summary']['parent']})"
+        for r in m["runs"]:
+            if r["method"] == "single":
+                print(f"| {name} | single UPDATE ... FROM (baseline) | {r['round']} |"
+                      f" {r['rows_per_s']:,} | {r['s']:.2f} | 1 | - | - |")
+            else:
+                print(f"| {name} | batched: loop | {r['round']} | {r['loop_rows_per_s']:,} |"
+                      f" {r['loop_s']:.2f} | {r['batches']} |"
+                      f" {percentile(r['batch_ms'], 0.5):.0f} |"
+                      f" {percentile(r['batch_ms'], 0.99):.0f} |")
+                print(f"| {name} | batched: step (+ inspection) | {r['round']} |"
+                      f" {r['step_rows_per_s']:,} | {r['step_s']:.2f} | | | |")
+    print()
+    for m in measured:
+        summary = m["summary"]
+        by_round = ", ".join(f"{r:.0%}" for r in summary["loop_vs_single_by_round"])
+        print(f"{summary['table']}: batch loop / single statement "
+              f"{summary['loop_vs_single']:.0%} of the mean (by round: {by_round}; target "
+              f">= {TARGET_RATIO:.0%}); whole step {summary['step_vs_single']:.0%}; "
+              f"p99 batch {summary['batch_ms_p99']:.0f} ms (target <= {TARGET_P99_MS:.0f} ms;"
+              f" slowest batch of each run: #{', #'.join(map(str, summary['slowest_batch']))})")
 
 
 if __name__ == "__main__":
