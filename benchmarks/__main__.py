@@ -1,6 +1,7 @@
 """`python -m benchmarks [NAME ...]` (`make bench`): run the benchmarks, each of which writes
 benchmarks/results/<name>.json, and collect what they print into
-benchmarks/results/summary.md."""
+benchmarks/results/summary.md (one section per benchmark, each with its date; running
+some benchmarks replaces their sections and keeps the others)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def main(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(BENCHMARKS)}")
-    sections = [f"# Benchmark summary\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-                f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                f"{sys.version.split()[0]}\n"]
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+               f"{sys.version.split()[0]}")
+    # A benchmark run alone replaces its own section; the others stay as they were.
+    sections = _sections(RESULTS / "summary.md")
     for name in chosen:
         print(f"== {name}", flush=True)
         out = _Tee()
@@ -40,10 +42,24 @@ def main(names: list[str]) -> None:
             importlib.import_module(f"benchmarks.{name}").main()
         table = [line for line in out.getvalue().splitlines()
                  if line.startswith("|") or not line.startswith("{")]
-        sections.append(f"## {name}\n\n" + "\n".join(table) + "\n")
+        sections[name] = (f"## {name}\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine}\n\n"
+                          + "\n".join(table).strip("\n") + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "summary.md").write_text("\n".join(sections))
+    (RESULTS / "summary.md").write_text("# Benchmark summary\n\n" + "\n".join(
+        sections[name] for name in BENCHMARKS if name in sections))
     print(f"wrote {RESULTS / 'summary.md'}")
+
+
+def _sections(path: Path) -> dict[str, str]:
+    """The ``## name`` sections of an earlier summary."""
+    if not path.exists():
+        return {}
+    found: dict[str, str] = {}
+    for chunk in path.read_text().split("\n## ")[1:]:
+        name = chunk.split("\n", 1)[0].strip()
+        if name in BENCHMARKS:
+            found[name] = "## " + chunk.rstrip("\n") + "\n"
+    return found
 
 
 if __name__ == "__main__":
