@@ -29,7 +29,7 @@ def build_plan(
         ctx = PlanContext(catalog, playbook)
         wanted = list(stages) if stages else list(STAGES)
         stage_plans = tuple(PLANNERS[name](ctx) for name in STAGES if name in wanted)
-        return Plan(stage_plans, tuple(global_risks(ctx)))
+        return Plan(stage_plans, tuple(global_risks(ctx)), playbook.options.lock_timeout)
 
 
 @contextlib.contextmanager

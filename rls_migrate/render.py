@@ -113,7 +113,8 @@ def _comment(text: str) -> str:
 
 
 def render_sql(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
-    """A psql script. Transactional steps run in their own transaction under lock_timeout;
+    """A psql script. Transactional steps run in their own transaction under the playbook's
+    lock_timeout (no retries here: a step that times out stops the script);
     CONCURRENTLY statements run outside any transaction. Backfills run as one UPDATE here:
     ``rls-migrate apply`` runs them in short batches instead."""
     out = [_comment(f"rls-migrate plan for {catalog.database} "
@@ -127,7 +128,7 @@ def render_sql(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
                 out += ["-- one statement here; rls-migrate apply runs it in batches", "BEGIN;",
                         as_string(step.backfill.single_statement_sql, conn) + ";", "COMMIT;"]
             elif step.transactional:
-                out += ["BEGIN;", "SET LOCAL lock_timeout = '100ms';"]
+                out += ["BEGIN;", f"SET LOCAL lock_timeout = '{plan.lock_timeout_ms:g}ms';"]
                 out += [as_string(s, conn) + ";" for s in step.statements]
                 out.append("COMMIT;")
             else:

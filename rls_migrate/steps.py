@@ -159,6 +159,7 @@ class StagePlan:
 class Plan:
     stages: tuple[StagePlan, ...]
     risks: tuple[str, ...] = ()
+    lock_timeout_ms: float = 100.0  # the playbook's, for renderers that write SQL to run
 
     def stage(self, name: str) -> StagePlan:
         for stage in self.stages:

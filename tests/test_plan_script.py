@@ -304,3 +304,15 @@ def test_line_breaks_in_names_stay_inside_comments(
                             timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert load_catalog(fresh_dsn).find_table("public.users") is not None
+
+
+def test_sql_script_takes_the_playbooks_lock_timeout(fresh_dsn: str) -> None:
+    catalog = load_catalog(fresh_dsn)
+    playbook = sample_playbook(catalog)
+    playbook = playbook.model_copy(update={"options": playbook.options.model_copy(
+        update={"lock_timeout": 250.0})})
+    plan = build_plan(catalog, playbook, ["add-column"])
+    assert plan.lock_timeout_ms == 250.0
+    script = render_sql(plan, catalog)
+    assert "SET LOCAL lock_timeout = '250ms';" in script
+    assert "'100ms'" not in script
