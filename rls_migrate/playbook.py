@@ -435,6 +435,10 @@ def parse_playbook(text: str, source: str = "<playbook>") -> Playbook:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        # An unclosed [ or { is noticed lines later: say where it was opened.
+        context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and opened is not None and (mark is None or opened.line != mark.line):
+            problem += f" ({context} that starts at line {opened.line + 1})"
         raise PlaybookError(f"{source}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise PlaybookError(

@@ -77,6 +77,10 @@ ISSUES_PARENT = 'parent: "project_id -> public.projects(id)"'
 SHAPE_CASES = (
     Case("bad-yaml", "tables:\n", "tables:\n  oops: : :\n",
          ("bad.yaml:18: not valid YAML: mapping values are not allowed here",)),
+    Case("unclosed-flow-mapping", "{strategy: direct, column: account_id}",
+         "{strategy: direct, column: account_id",
+         ("not valid YAML: expected ',' or '}'",
+          "(while parsing a flow mapping that starts at line 19)")),
     Case("duration-word", "lock_timeout: 100ms", "lock_timeout: fast",
          ("bad.yaml:13: options.lock_timeout: expected a duration like 100ms, 2s or 5min, "
           "got 'fast'",)),
