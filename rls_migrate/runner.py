@@ -228,6 +228,13 @@ def rollback_to(
         journal = journal_mod.Journal(conn)
         with journal_mod.MigrationLock(conn, command=f"rollback {target}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
+            left = _done_but_not_planned(journal, plan, undo)
+            if left:
+                # Rollback undoes what the playbook plans; say what it will leave in place.
+                executor.log.warning(
+                    "rollback.not_in_playbook", steps=left[:10], count=len(left),
+                    hint="these steps were applied for tables the playbook no longer plans: "
+                         "rollback leaves them; put the tables back to undo them too")
             for name in undo:
                 if name == "prepare":
                     continue  # the journal stays: it is the record of what happened
@@ -242,6 +249,16 @@ def rollback_to(
                         if step.kind == "add_column" and step.table is not None:
                             journal.reset_backfill(step.table)
     return results
+
+
+def _done_but_not_planned(journal: journal_mod.Journal, plan: Plan,
+                          stages: Sequence[str]) -> list[str]:
+    """Steps of ``stages`` the journal has as done that the current plan does not have (a
+    table taken out of the playbook, or renamed, since they ran)."""
+    planned = {step.id for stage in plan.stages for step in stage.steps}
+    return sorted(row.step_id for row in journal.step_rows()
+                  if row.status == "done" and row.stage in stages and row.stage != "prepare"
+                  and row.step_id not in planned)
 
 
 def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[str, Any]:

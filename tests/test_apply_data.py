@@ -188,3 +188,29 @@ def test_add_column_warns_about_prepared_select_star(sample_db: str) -> None:
         row = fresh.execute(query, [1]).fetchone()
         assert row is not None and "tenant_id" in [c.name for c in fresh.execute(
             query, [1]).description or []]
+
+
+def test_rollback_says_what_the_playbook_no_longer_plans(sample_db: str) -> None:
+    """A table taken out of the playbook after its steps ran: rollback undoes the rest and
+    names what it leaves in place."""
+    from structlog.testing import capture_logs
+
+    from rls_migrate.playbook import TablePlan
+
+    playbook = sample_playbook(sample_db)
+    apply_stage(sample_db, playbook, "prepare")
+    apply_stage(sample_db, playbook, "add-column")
+    tables = dict(playbook.tables)
+    tables['public."Project Notes"'] = TablePlan(strategy="skip")
+    smaller = playbook.model_copy(update={"tables": tables})
+    with capture_logs() as logs:
+        rollback_to(sample_db, smaller, "prepare")
+    warned = [e for e in logs if e["event"] == "rollback.not_in_playbook"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert warned[0]["steps"] == ['add_column:public."Project Notes"',
+                                  'sync_trigger:public."Project Notes"',
+                                  'tenant_fk:public."Project Notes"'], warned[0]
+    with psycopg.connect(sample_db) as conn:  # the rest was undone, that table's trigger kept
+        triggers = {r[0] for r in conn.execute(
+            "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname LIKE 'rls_migrate%'")}
+    assert triggers == {'"Project Notes"'}
