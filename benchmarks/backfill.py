@@ -28,9 +28,10 @@ probe per row into `issues` (the sample's comments point at random issues, so no
 a batch share a parent) against the single statement's one hash table. More shared buffers
 do not change it (BENCH_SHARED_BUFFERS=1GB, the whole working set cached: 57 %).
 
-On `issues` the slowest batch is the fifth, every run: the table's rows are not stored in key
-order, so by then every page holds dead row versions of batches 1-4, and the batch that comes
-back to them prunes them (about 30 µs a row instead of 16; later batches update in place).
+On `issues` the slowest batch is the fifth, every run, most likely page pruning: the table's
+rows are not stored in key order, so by then every page holds dead row versions of batches
+1-4, and the batch that comes back to them prunes them (about 30 µs a row instead of 16;
+later batches update in place).
 
 `BENCH_BACKFILL_SCALE` overrides the scale; `BENCH_SHARED_BUFFERS` the server's
 shared_buffers (128MB, the embedded server's default).
