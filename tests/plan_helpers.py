@@ -53,8 +53,12 @@ def sample_factory(
     return _FACTORIES[key]
 
 
-def load_catalog(dsn: str) -> Catalog:
+def load_catalog(dsn: str, ddl: str = "") -> Catalog:
+    """The catalog of ``dsn``, after running ``ddl`` (several statements, no parameters)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if ddl:
+            # Bytes: the DDL is built at run time, and psycopg wants a literal string.
+            conn.execute(ddl.encode())
         return Catalog.load(conn)
 
 

@@ -9,26 +9,15 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from plan_helpers import load_catalog, q
 from psycopg import sql
 
 from rls_migrate import samples
-from rls_migrate.catalog import Catalog, QualifiedName
+from rls_migrate.catalog import Catalog
 from rls_migrate.discover import TenantGraph, discover
 from rls_migrate.errors import UsageError
 from rls_migrate.playbook import ParentRef
 from rls_migrate.testing import servers
-
-
-def q(name: str) -> QualifiedName:
-    return QualifiedName("public", name)
-
-
-def load_catalog(dsn: str, ddl: str = "") -> Catalog:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if ddl:
-            # Several statements, no parameters; bytes, because the DDL is built at run time.
-            conn.execute(ddl.encode())
-        return Catalog.load(conn)
 
 
 @pytest.fixture(scope="module")

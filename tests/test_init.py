@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from plan_helpers import load_catalog, q
 from psycopg import sql
 
 from rls_migrate import samples
@@ -23,18 +24,6 @@ from rls_migrate.playbook import Playbook, check_against_catalog, parse_playbook
 from rls_migrate.testing import servers
 
 AUDIT_HINT = "issue_id -> public.issues(id)"
-
-
-def q(name: str) -> QualifiedName:
-    return QualifiedName("public", name)
-
-
-def load_catalog(dsn: str, ddl: str = "") -> Catalog:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if ddl:
-            # Several statements, no parameters; bytes, because the DDL is built at run time.
-            conn.execute(ddl.encode())
-        return Catalog.load(conn)
 
 
 @pytest.fixture(scope="module")
