@@ -363,6 +363,9 @@ def downgrade() -> None:
 SNAPSHOT_BACKFILL_UPGRADE = '''\
 def upgrade() -> None:
     # ===== stage backfill: fill the tenant columns in short batches
+    # note: a batch holds the row locks of the rows it fills until it commits: an application
+    # write to one of them waits up to a batch (options.backfill.batch_target 200 ms), longer
+    # than lock_timeout (100 ms); lower batch_target where that matters
 
     # backfill:public."Tasks: {x} %s ""q""": fill tenant_id from public.projects in keyset
     # batches of ~200 ms on (id)

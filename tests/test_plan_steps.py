@@ -362,3 +362,13 @@ def test_object_names_fit_and_stay_distinct(prefix: str, name: str, suffix: str)
     assert made == object_name(prefix, QualifiedName("s", name), suffix)  # deterministic
     assert made != object_name(prefix, QualifiedName("s", name), suffix + "x")
     assert made != object_name(prefix, QualifiedName("t", name), suffix)
+
+
+def test_backfill_notes_row_waits_longer_than_lock_timeout(sample: Sample) -> None:
+    notes = sample.plan.stage("backfill").notes
+    assert any("longer than lock_timeout (100 ms)" in n for n in notes), notes
+    options = sample.playbook.options
+    short = sample.playbook.model_copy(update={"options": options.model_copy(
+        update={"backfill": options.backfill.model_copy(update={"batch_target": 80.0})})})
+    notes = build_plan(sample.catalog, short, ["backfill"]).stage("backfill").notes
+    assert not any("lock_timeout" in n for n in notes), notes

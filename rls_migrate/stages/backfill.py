@@ -222,6 +222,13 @@ def plan(ctx: PlanContext) -> StagePlan:
         ))
     if not steps:
         notes.append("nothing to backfill")
+    options = ctx.playbook.options
+    if steps and options.backfill.batch_target > options.lock_timeout:
+        notes.append(
+            f"a batch holds the row locks of the rows it fills until it commits: an application "
+            f"write to one of them waits up to a batch (options.backfill.batch_target "
+            f"{options.backfill.batch_target:g} ms), longer than lock_timeout "
+            f"({options.lock_timeout:g} ms); lower batch_target where that matters")
     return StagePlan("backfill", tuple(steps), tuple(notes))
 
 
