@@ -44,7 +44,7 @@ from psycopg.types.json import Jsonb
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.connect import resolve_dsn
 from rls_migrate.errors import ConcurrentRunner
-from rls_migrate.steps import Step
+from rls_migrate.steps import Step, as_string
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -234,6 +234,20 @@ class Anomaly:
 
 
 @dataclasses.dataclass(frozen=True)
+class JournaledStep:
+    """A done step as the journal keeps it, with its inverse as it was when it ran."""
+
+    step_id: str
+    stage: str
+    table_name: str | None
+    kind: str | None
+    inverse: list[str] | None  # statements as text; None: journaled before revision 0003
+    inverse_lock: str | None  # Lock.label
+    inverse_transactional: bool
+    inverse_needs: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRow:
     """One step as the journal knows it: current state and its latest outcome."""
 
@@ -409,6 +423,7 @@ class Journal:
         if duration_ms is None:
             duration_ms = (finished - started).total_seconds() * 1000.0
         table = _table(step.table)
+        stores_inverse = self._stores_inverse  # (a query: not inside the write below)
         with self._write() as cur:
             cur.execute(
                 "INSERT INTO rls_migrate.journal (run_id, step_id, stage, kind, table_name, "
@@ -429,8 +444,44 @@ class Journal:
                     "updated_at = EXCLUDED.updated_at",
                     [step.id, step.stage, table, state],
                 )
+            if state == "done" and stores_inverse:
+                # The inverse as it is now: rollback needs it even if the playbook stops
+                # planning this step (a table taken out of it).
+                cur.execute(
+                    "UPDATE rls_migrate.step_state SET kind = %s, inverse = %s, "
+                    "inverse_lock = %s, inverse_transactional = %s, inverse_needs = %s "
+                    "WHERE step_id = %s",
+                    [step.kind, _jsonb([as_string(s, self.conn) for s in step.inverse]),
+                     step.inverse_lock.label, step.inverse_transactional, step.inverse_needs,
+                     step.id],
+                )
         assert row is not None
         return int(row[0])
+
+    @functools.cached_property
+    def _stores_inverse(self) -> bool:
+        """Whether the schema is at revision 0003 or later (a newer toolkit can run on a
+        schema an older one made, until ``apply --stage prepare`` upgrades it)."""
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+                "to_regclass('rls_migrate.step_state') AND attname = 'inverse' "
+                "AND NOT attisdropped)").fetchone()
+        return bool(row and row[0])
+
+    def journaled_inverses(self, stages: Sequence[str]) -> list[JournaledStep]:
+        """The steps of ``stages`` the journal has as done, with the inverse each had when it
+        ran (empty when it ran before revision 0003), in the order they were done."""
+        if not self._stores_inverse:
+            return [JournaledStep(r.step_id, r.stage, r.table_name, None, None, None, True,
+                                  None) for r in self.step_rows()
+                    if r.status == "done" and r.stage in stages]
+        rows = self.conn.execute(
+            "SELECT step_id, stage, table_name, kind, inverse, inverse_lock, "
+            "coalesce(inverse_transactional, true), inverse_needs "
+            "FROM rls_migrate.step_state WHERE status = 'done' AND stage = ANY(%s) "
+            "ORDER BY updated_at, step_id", [list(stages)]).fetchall()
+        return [JournaledStep(*row) for row in rows]
 
     def record_override(self, stage: str, details: Mapping[str, Any]) -> int:
         """Journal that a stage's gate was overridden (``apply --force``), with what the

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from rls_migrate import journal as journal_mod
-from rls_migrate.catalog import Catalog
+from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
 from rls_migrate.executor import Executor, ProgressHook, StageResult, StepOutcome, _now
@@ -24,7 +25,7 @@ from rls_migrate.playbook import Playbook
 from rls_migrate.stages.backfill import run_backfill
 from rls_migrate.stages.common import PlanContext
 from rls_migrate.stages.prepare import check_roles
-from rls_migrate.steps import STAGES, Plan, StagePlan, Step
+from rls_migrate.steps import STAGES, Lock, Plan, StagePlan, Step
 
 APPLICABLE = STAGES
 ROLLBACK_TARGETS = ("none", *STAGES)
@@ -228,17 +229,23 @@ def rollback_to(
         journal = journal_mod.Journal(conn)
         with journal_mod.MigrationLock(conn, command=f"rollback {target}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
-            left = _done_but_not_planned(journal, plan, undo)
+            unplanned, left = _journaled_not_planned(journal, plan, undo)
             if left:
-                # Rollback undoes what the playbook plans; say what it will leave in place.
+                # Journaled before the journal kept inverses: nothing to undo them with.
                 executor.log.warning(
                     "rollback.not_in_playbook", steps=left[:10], count=len(left),
-                    hint="these steps were applied for tables the playbook no longer plans: "
-                         "rollback leaves them; put the tables back to undo them too")
+                    hint="these steps were applied for tables the playbook no longer plans, "
+                         "before the journal kept their inverses: rollback leaves them; put "
+                         "the tables back in the playbook to undo them too")
             for name in undo:
                 if name == "prepare":
                     continue  # the journal stays: it is the record of what happened
                 stage = plan.stage(name)
+                extra = unplanned.get(name, [])
+                if extra:
+                    # A table taken out of the playbook since: its steps are undone with
+                    # the inverses journaled when they ran (undone first: reversed order).
+                    stage = dataclasses.replace(stage, steps=(*stage.steps, *extra))
                 steps = tuple(s if s.inverse_needs is None or (
                     s.inverse_needs == "drop_columns" and drop_columns)
                     else dataclasses.replace(s, inverse=()) for s in stage.steps)
@@ -251,14 +258,32 @@ def rollback_to(
     return results
 
 
-def _done_but_not_planned(journal: journal_mod.Journal, plan: Plan,
-                          stages: Sequence[str]) -> list[str]:
+def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Sequence[str]
+                           ) -> tuple[dict[str, list[Step]], list[str]]:
     """Steps of ``stages`` the journal has as done that the current plan does not have (a
-    table taken out of the playbook, or renamed, since they ran)."""
+    table taken out of the playbook, or renamed, since they ran): per stage, the ones that
+    can be undone from the inverse the journal kept, and the ids of those it kept none for."""
     planned = {step.id for stage in plan.stages for step in stage.steps}
-    return sorted(row.step_id for row in journal.step_rows()
-                  if row.status == "done" and row.stage in stages and row.stage != "prepare"
-                  and row.step_id not in planned)
+    undoable: dict[str, list[Step]] = {}
+    left: list[str] = []
+    for row in journal.journaled_inverses([s for s in stages if s != "prepare"]):
+        if row.step_id in planned:
+            continue
+        if row.inverse is None:
+            left.append(row.step_id)
+            continue
+        undoable.setdefault(row.stage, []).append(Step(
+            id=row.step_id, stage=row.stage, kind=row.kind or "journaled",
+            table=QualifiedName.parse(row.table_name) if row.table_name else None,
+            description=f"{row.step_id}, no longer in the playbook: undone as journaled",
+            statements=(), inverse=tuple(sql.SQL(text) for text in row.inverse),
+            inverse_lock=_LOCKS.get(row.inverse_lock or "", Lock.ACCESS_EXCLUSIVE),
+            inverse_transactional=row.inverse_transactional,
+            inverse_needs=row.inverse_needs))
+    return undoable, sorted(left)
+
+
+_LOCKS = {lock.label: lock for lock in Lock}
 
 
 def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[str, Any]:

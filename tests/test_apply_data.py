@@ -190,9 +190,10 @@ def test_add_column_warns_about_prepared_select_star(sample_db: str) -> None:
             query, [1]).description or []]
 
 
-def test_rollback_says_what_the_playbook_no_longer_plans(sample_db: str) -> None:
-    """A table taken out of the playbook after its steps ran: rollback undoes the rest and
-    names what it leaves in place."""
+def test_rollback_undoes_tables_the_playbook_no_longer_plans(sample_db: str) -> None:
+    """A table taken out of the playbook after its steps ran: rollback undoes them with the
+    inverses the journal kept when they ran. Steps journaled without one (before schema
+    revision 0003) are named in a warning and left in place."""
     from structlog.testing import capture_logs
 
     from rls_migrate.playbook import TablePlan
@@ -203,14 +204,25 @@ def test_rollback_says_what_the_playbook_no_longer_plans(sample_db: str) -> None
     tables = dict(playbook.tables)
     tables['public."Project Notes"'] = TablePlan(strategy="skip")
     smaller = playbook.model_copy(update={"tables": tables})
+    with psycopg.connect(sample_db, autocommit=True) as conn:
+        # As if issues' steps had been journaled by a toolkit without revision 0003.
+        conn.execute("UPDATE rls_migrate.step_state SET inverse = NULL"
+                     " WHERE table_name = 'public.issues'")
+    tables["public.issues"] = TablePlan(strategy="skip")
+    for name in ("public.comments", "public.attachments", "public.issue_labels",
+                 "public.audit_log"):  # derived through issues: out too
+        tables[name] = TablePlan(strategy="skip")
+    smaller = playbook.model_copy(update={"tables": tables})
     with capture_logs() as logs:
-        rollback_to(sample_db, smaller, "prepare")
+        results = rollback_to(sample_db, smaller, "prepare")
+    undone = {o.step_id for r in results for o in r.outcomes if o.outcome == "undone"}
+    assert {'sync_trigger:public."Project Notes"', 'tenant_fk:public."Project Notes"',
+            "sync_trigger:public.comments", "tenant_fk:public.comments"} <= undone, undone
     warned = [e for e in logs if e["event"] == "rollback.not_in_playbook"]
     assert len(warned) == 1 and warned[0]["log_level"] == "warning"
-    assert warned[0]["steps"] == ['add_column:public."Project Notes"',
-                                  'sync_trigger:public."Project Notes"',
-                                  'tenant_fk:public."Project Notes"'], warned[0]
-    with psycopg.connect(sample_db) as conn:  # the rest was undone, that table's trigger kept
+    assert warned[0]["steps"] == ["add_column:public.issues", "sync_trigger:public.issues",
+                                  "tenant_fk:public.issues"], warned[0]
+    with psycopg.connect(sample_db) as conn:  # only issues' own trigger is left
         triggers = {r[0] for r in conn.execute(
             "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname LIKE 'rls_migrate%'")}
-    assert triggers == {'"Project Notes"'}
+    assert triggers == {"issues"}
