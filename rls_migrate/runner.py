@@ -23,7 +23,7 @@ from rls_migrate.executor import Executor, ProgressHook, StageResult, StepOutcom
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
 from rls_migrate.stages.backfill import run_backfill
-from rls_migrate.stages.common import PlanContext
+from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles
 from rls_migrate.steps import STAGES, Lock, Plan, StagePlan, Step
 
@@ -234,9 +234,9 @@ def rollback_to(
                 # Journaled before the journal kept inverses: nothing to undo them with.
                 executor.log.warning(
                     "rollback.not_in_playbook", steps=left[:10], count=len(left),
-                    hint="these steps were applied for tables the playbook no longer plans, "
-                         "before the journal kept their inverses: rollback leaves them; put "
-                         "the tables back in the playbook to undo them too")
+                    hint="these steps were applied for tables the playbook no longer plans, and "
+                         "the journal has no inverse for them (they ran before it kept one) "
+                         "or their table is gone under that name: rollback leaves them")
             for name in undo:
                 if name == "prepare":
                     continue  # the journal stays: it is the record of what happened
@@ -269,7 +269,9 @@ def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Seq
     for row in journal.journaled_inverses([s for s in stages if s != "prepare"]):
         if row.step_id in planned:
             continue
-        if row.inverse is None:
+        if row.inverse is None or not _still_there(journal.conn, row.table_name):
+            # No inverse kept, or its table is gone under that name (renamed, dropped): the
+            # statements would fail and stop the rest of the rollback (the kill switch).
             left.append(row.step_id)
             continue
         undoable.setdefault(row.stage, []).append(Step(
@@ -284,6 +286,14 @@ def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Seq
 
 
 _LOCKS = {lock.label: lock for lock in Lock}
+
+
+def _still_there(conn: psycopg.Connection[Any], table_name: str | None) -> bool:
+    if table_name is None:
+        return True
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                       [regclass_text(QualifiedName.parse(table_name))]).fetchone()
+    return bool(row and row[0])
 
 
 def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[str, Any]:

@@ -226,3 +226,31 @@ def test_rollback_undoes_tables_the_playbook_no_longer_plans(sample_db: str) -> 
         triggers = {r[0] for r in conn.execute(
             "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname LIKE 'rls_migrate%'")}
     assert triggers == {"issues"}
+
+
+def test_rollback_leaves_steps_of_a_renamed_table_and_goes_on(sample_db: str) -> None:
+    """Journaled statements name the table as it was: after a rename they would fail and
+    stop the rollback (the kill switch), so they are left, named in the warning."""
+    from structlog.testing import capture_logs
+
+    from rls_migrate.playbook import TablePlan
+
+    playbook = sample_playbook(sample_db)
+    apply_stage(sample_db, playbook, "prepare")
+    apply_stage(sample_db, playbook, "add-column")
+    with psycopg.connect(sample_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE attachments RENAME TO files")
+    tables = dict(playbook.tables)
+    tables.pop("public.attachments")
+    smaller = playbook.model_copy(update={"tables": tables})
+    with capture_logs() as logs:
+        rollback_to(sample_db, smaller, "prepare")
+    warned = [e for e in logs if e["event"] == "rollback.not_in_playbook"]
+    assert len(warned) == 1
+    assert warned[0]["steps"] == ["add_column:public.attachments",
+                                  "sync_trigger:public.attachments",
+                                  "tenant_fk:public.attachments"], warned[0]
+    with psycopg.connect(sample_db) as conn:
+        triggers = {r[0] for r in conn.execute(
+            "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname LIKE 'rls_migrate%'")}
+    assert triggers == {"files"}
