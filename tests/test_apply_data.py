@@ -233,7 +233,6 @@ def test_rollback_leaves_steps_of_a_renamed_table_and_goes_on(sample_db: str) ->
     stop the rollback (the kill switch), so they are left, named in the warning."""
     from structlog.testing import capture_logs
 
-    from rls_migrate.playbook import TablePlan
 
     playbook = sample_playbook(sample_db)
     apply_stage(sample_db, playbook, "prepare")
