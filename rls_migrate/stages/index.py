@@ -46,6 +46,7 @@ from rls_migrate.catalog import ForeignKey, Index, QualifiedName, Table
 from rls_migrate.errors import PlaybookError
 from rls_migrate.executor import Executor, StepOutcome, _now, _Trace, drop_invalid_index
 from rls_migrate.sqlcompose import compose
+from rls_migrate.sqltext import scan
 from rls_migrate.stages.common import (
     ESTIMATED_INDEX_BYTES_PER_S,
     PlanContext,
@@ -155,40 +156,15 @@ class IndexShape:
         return ", ".join(k.as_string(None) for k in self.keys)
 
 
-def _scan(text: str) -> Iterator[tuple[int, str, int]]:
-    """``(position, character, parenthesis depth)`` of every character outside quoted
-    identifiers and string literals."""
-    depth = 0
-    quote: str | None = None
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote is not None:
-            if ch == quote:
-                if text[i + 1:i + 2] == quote:
-                    i += 2
-                    continue
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        else:
-            if ch == ")":
-                depth -= 1
-            yield i, ch, depth
-            if ch == "(":
-                depth += 1
-        i += 1
-
-
 def _find_top_level(text: str, needle: str) -> int:
-    for i, _, depth in _scan(text):
+    for i, _, depth in scan(text):
         if depth == 0 and text.startswith(needle, i):
             return i
     return -1
 
 
 def _matching_paren(text: str, start: int) -> int:
-    for i, ch, depth in _scan(text):
+    for i, ch, depth in scan(text):
         if i > start and ch == ")" and depth == 0:
             return i
     return -1
@@ -196,7 +172,7 @@ def _matching_paren(text: str, start: int) -> int:
 
 def _split_top_level(text: str) -> list[str]:
     parts, last = [], 0
-    for i, ch, depth in _scan(text):
+    for i, ch, depth in scan(text):
         if ch == "," and depth == 0:
             parts.append(text[last:i])
             last = i + 1

@@ -17,36 +17,11 @@ True
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+
+from rls_migrate.sqltext import scan
 
 _SETTING_CALL = re.compile(r"current_setting\s*\(", re.I)
 _SELECT = re.compile(r"\s*SELECT\b", re.I)
-
-
-def _scan(expr: str) -> Iterator[tuple[int, str, int]]:
-    """(index, character, depth) for every character outside quotes; depth counts the
-    parentheses open before it."""
-    depth = 0
-    i, n = 0, len(expr)
-    while i < n:
-        ch = expr[i]
-        if ch in "'\"":
-            j = i + 1
-            while j < n:
-                if expr[j] == ch:
-                    if j + 1 < n and expr[j + 1] == ch:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-            continue
-        if ch == ")":
-            depth -= 1
-        yield i, ch, depth
-        if ch == "(":
-            depth += 1
-        i += 1
 
 
 def strip_parens(expr: str) -> str:
@@ -54,7 +29,7 @@ def strip_parens(expr: str) -> str:
     text = expr.strip()
     while text.startswith("(") and text.endswith(")"):
         closes_early = any(ch == ")" and depth == 0 and i < len(text) - 1
-                           for i, ch, depth in _scan(text))
+                           for i, ch, depth in scan(text))
         if closes_early:
             break
         text = text[1:-1].strip()
@@ -67,7 +42,7 @@ def split_top_level(expr: str, keyword: str) -> list[str]:
     pattern = re.compile(rf"\s{keyword}\s", re.I)
     parts: list[str] = []
     start = 0
-    depth_at = {i: depth for i, _, depth in _scan(text)}
+    depth_at = {i: depth for i, _, depth in scan(text)}
     for match in pattern.finditer(text):
         if depth_at.get(match.start()) == 0 and match.start() >= start:
             parts.append(text[start:match.start()].strip())
@@ -80,7 +55,7 @@ def setting_read_per_row(expr: str) -> bool:
     """Whether some ``current_setting(...)`` call is outside every scalar sub-select: the
     planner then evaluates it for every row instead of once per statement (an InitPlan)."""
     select_depths: list[int] = []  # depths of the open groups that start with SELECT
-    for i, ch, depth in _scan(expr):
+    for i, ch, depth in scan(expr):
         while select_depths and select_depths[-1] > depth:
             select_depths.pop()
         if ch == "(" and _SELECT.match(expr, i + 1):
@@ -128,7 +103,7 @@ def is_enforced_match(expr: str | None, column: str, setting: str) -> bool:
     text = strip_parens(expr)
     if len(split_top_level(text, "OR")) > 1 or len(split_top_level(text, "AND")) > 1:
         return False
-    eq = [i for i, ch, depth in _scan(text) if ch == "=" and depth == 0]
+    eq = [i for i, ch, depth in scan(text) if ch == "=" and depth == 0]
     if len(eq) != 1:
         return False
     left, right = text[: eq[0]].strip(), strip_parens(text[eq[0] + 1:])
