@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-DSN_HELP = ("libpq connection string or postgresql:// URL; default: the playbook's dsn_env, "
-            "then $RLS_MIGRATE_DSN, then $DATABASE_URL")
+from rls_migrate.connect import DSN_HELP
 
 
 @click.group("alembic")

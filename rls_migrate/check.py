@@ -28,6 +28,7 @@ from typing import Any
 import click
 
 from rls_migrate.catalog import Catalog, Policy, Table
+from rls_migrate.connect import DSN_DEFAULT_HELP
 from rls_migrate.playbook import Playbook, check_against_catalog
 from rls_migrate.stages.common import PlanContext, with_partitions
 from rls_migrate.verify.expressions import admits_missing_context, calls_toolkit, is_always_true
@@ -159,9 +160,7 @@ def render_text(result: CheckResult, column: str | None, playbook: bool = False)
 
 
 @click.command("check")
-@click.option("--dsn", metavar="DSN",
-              help="the database; default: the playbook's dsn_env, then $RLS_MIGRATE_DSN, "
-                   "then $DATABASE_URL")
+@click.option("--dsn", metavar="DSN", help=f"the database; {DSN_DEFAULT_HELP}")
 @click.option("--playbook", type=click.Path(dir_okay=False, path_type=Path),
               help="check the playbook's tenant tables (and any other table holding its "
                    "tenant column)")

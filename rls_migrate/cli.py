@@ -14,14 +14,12 @@ import psycopg
 
 from rls_migrate import __version__
 from rls_migrate.catalog import Catalog
-from rls_migrate.connect import connect, resolve_dsn
+from rls_migrate.connect import DSN_HELP, connect, resolve_dsn
 from rls_migrate.errors import RlsMigrateError, UsageError
 from rls_migrate.steps import STAGES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DSN_HELP = ("libpq connection string or postgresql:// URL; default: the playbook's dsn_env, "
-            "then $RLS_MIGRATE_DSN, then $DATABASE_URL")
 
 
 def dsn_option(func: F) -> F:

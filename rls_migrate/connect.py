@@ -15,6 +15,11 @@ MIN_SERVER_VERSION = 130000
 """PostgreSQL 13: the oldest server the toolkit supports."""
 
 
+DSN_DEFAULT_HELP = "default: the playbook's dsn_env, then $RLS_MIGRATE_DSN, then $DATABASE_URL"
+"""What every command's ``--dsn`` help says of :func:`resolve_dsn`'s order."""
+DSN_HELP = f"libpq connection string or postgresql:// URL; {DSN_DEFAULT_HELP}"
+
+
 def resolve_dsn(dsn: str | None, env_var: str | None = None) -> str:
     """``--dsn`` if given, else the playbook's variable, else RLS_MIGRATE_DSN, else
     DATABASE_URL."""

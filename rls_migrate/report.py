@@ -43,6 +43,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from rls_migrate.catalog import Catalog
+from rls_migrate.connect import DSN_HELP
 from rls_migrate.errors import GateClosed, PrerequisiteError, UsageError
 from rls_migrate.playbook import Playbook, parse_duration_ms
 from rls_migrate.runner import register_gate
@@ -738,9 +739,7 @@ def enforce_gate(conn: Conn, playbook: Playbook, force: bool) -> dict[str, Any] 
 
 @click.command("report")
 @click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--dsn", metavar="DSN",
-              help="libpq connection string or postgresql:// URL; default: the playbook's "
-                   "dsn_env, then $RLS_MIGRATE_DSN, then $DATABASE_URL")
+@click.option("--dsn", metavar="DSN", help=DSN_HELP)
 @click.option("--since", metavar="DURATION",
               help="window, e.g. 30min, 1h, 24h, or 'all' (default: the playbook's "
                    "options.enforce.report_window, what the enforce gate checks)")

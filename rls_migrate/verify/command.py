@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from rls_migrate.connect import DSN_DEFAULT_HELP
 from rls_migrate.errors import UsageError
 
 
@@ -14,8 +15,7 @@ from rls_migrate.errors import UsageError
 @click.argument("playbook", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dsn", metavar="DSN",
               help="the database, as a role that reads every table unfiltered (superuser, "
-                   "BYPASSRLS, or the owner without FORCE); default: the playbook's dsn_env, "
-                   "then $RLS_MIGRATE_DSN, then $DATABASE_URL")
+                   f"BYPASSRLS, or the owner without FORCE); {DSN_DEFAULT_HELP}")
 @click.option("--app-dsn", metavar="DSN",
               help="the probe connects as the application with this DSN instead of SET ROLE "
                    "on --dsn's connection")
