@@ -216,6 +216,11 @@ class Policy:
     using: str | None
     with_check: str | None
 
+    @property
+    def expressions(self) -> tuple[str, ...]:
+        """``USING`` and ``WITH CHECK``, those the policy has."""
+        return tuple(e for e in (self.using, self.with_check) if e is not None)
+
 
 @dataclasses.dataclass(frozen=True)
 class Table:

@@ -77,7 +77,7 @@ def problems(table: Table, column: str, catalog: Catalog, app_role: str | None =
         out.append(f"the application role {app_role!r} owns it and RLS is not forced: "
                    "policies do not apply to it")
     filtering = [p for p in table.policies if _mentions(p.using, column)]
-    if any(calls_toolkit(p.using) or calls_toolkit(p.with_check) for p in table.policies):
+    if any(calls_toolkit(e) for p in table.policies for e in p.expressions):
         out.append("in observe mode: its policies record other tenants' rows instead of "
                    "hiding them (rls-migrate apply --stage enforce)")
     elif not filtering:

@@ -20,8 +20,7 @@ from rls_migrate.verify.model import Finding, Rule, VerifyContext
 def check(ctx: VerifyContext) -> Iterator[Finding]:
     for table in ctx.catalog.tables.values():
         open_ = [p.name for p in table.policies
-                 if any(e is not None and admits_missing_context(e)
-                        for e in (p.using, p.with_check))]
+                 if any(admits_missing_context(e) for e in p.expressions)]
         if open_:
             yield RULE.problem(str(table.qname), f"{', '.join(open_)}: a top-level OR admits "
                                "every row when the tenant setting is missing or empty")

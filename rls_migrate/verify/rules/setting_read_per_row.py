@@ -20,8 +20,7 @@ from rls_migrate.verify.model import Finding, Rule, VerifyContext
 def check(ctx: VerifyContext) -> Iterator[Finding]:
     for table in ctx.catalog.tables.values():
         slow = [p.name for p in table.policies
-                if any(e is not None and setting_read_per_row(e)
-                       for e in (p.using, p.with_check))]
+                if any(setting_read_per_row(e) for e in p.expressions)]
         if slow:
             yield RULE.problem(str(table.qname), f"{', '.join(slow)}: current_setting(...) is "
                                "read for every row (wrap it: (SELECT current_setting(...)))")

@@ -27,7 +27,7 @@ from rls_migrate.verify.model import Finding, Rule, VerifyContext
 
 def _problems(ctx: VerifyContext, entry: TenantTable, policy: Policy) -> list[str]:
     setting = ctx.playbook.tenant.setting
-    if calls_toolkit(policy.using) or calls_toolkit(policy.with_check):
+    if any(calls_toolkit(e) for e in policy.expressions):
         return ["still in observe mode: other tenants' rows are recorded, not hidden "
                 "(apply --stage enforce)"]
     out: list[str] = []
