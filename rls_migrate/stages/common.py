@@ -11,7 +11,7 @@ from typing import LiteralString
 
 from psycopg import sql
 
-from rls_migrate.catalog import Catalog, Column, QualifiedName, Table
+from rls_migrate.catalog import Catalog, Column, Constraint, QualifiedName, Table
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
 from rls_migrate.sqlcompose import compose
@@ -43,6 +43,13 @@ class TenantTable:
     @property
     def strategy(self) -> str:
         return self.plan.strategy
+
+    @property
+    def global_uniques(self) -> list[Constraint]:
+        """UNIQUE constraints without the tenant column: they span tenants, so an insert
+        reveals that another tenant already has the value."""
+        return [c for c in self.table.constraints
+                if c.kind == "u" and self.column not in c.columns]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,7 @@ def check(ctx: VerifyContext) -> Iterator[Finding]:
         if entry.table.is_partition:
             continue  # the parent's constraint is reported once
         name = str(entry.qname)
-        global_ = [c for c in entry.table.constraints
-                   if c.kind == "u" and entry.column not in c.columns]
+        global_ = entry.global_uniques
         if global_:
             listed = "; ".join(f"{c.name} UNIQUE ({', '.join(c.columns)})" for c in global_)
             yield RULE.problem(name, f"{listed}: an insert reveals that another tenant has the "
