@@ -53,13 +53,11 @@ from psycopg import sql
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
+from rls_migrate.demo import sample_playbook
 from rls_migrate.executor import Executor
-from rls_migrate.init import build_playbook_yaml
 from rls_migrate.journal import Journal
 from rls_migrate.planner import build_plan
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
 from rls_migrate.stages.backfill import BackfillResult, _inspect, run_backfill
 from rls_migrate.steps import Step
@@ -76,10 +74,7 @@ TARGET_P99_MS = 300.0
 def playbook_for(conn: psycopg.Connection[Any]) -> Playbook:
     """init's playbook with the sample's decisions (audit_log a hint, orphans skipped) and
     the default backfill options (batch_target 200 ms)."""
-    catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, "accounts", app_role="app_user"), catalog,
-                               app_role="app_user")
-    playbook = decide_sample_todos(parse_playbook(text))
+    playbook = sample_playbook(Catalog.load(conn))
     backfill = playbook.options.backfill.model_copy(update={"orphans": "skip"})
     return playbook.model_copy(update={"options": playbook.options.model_copy(
         update={"backfill": backfill})})

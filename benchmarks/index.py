@@ -32,10 +32,8 @@ import psycopg
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
-from rls_migrate.init import build_playbook_yaml
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.demo import sample_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 from rls_migrate.workload import Workload
@@ -60,10 +58,7 @@ WORKLOAD_WINDOW_S = 10.0
 
 def playbook_for(dsn: str) -> Playbook:
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    graph = discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE)
-    text = build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE)
-    playbook = decide_sample_todos(parse_playbook(text, "init output"))
+        playbook = sample_playbook(Catalog.load(conn))
     # VALIDATE CONSTRAINT runs in a transaction, so the executor gives it the DDL statement
     # timeout (5 s by default), which a scan of 400,000 audit_log rows can exceed on a busy
     # 2-core machine; it holds only SHARE UPDATE EXCLUSIVE, so a long one blocks nobody.

@@ -27,10 +27,8 @@ import structlog
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
-from rls_migrate.init import build_playbook_yaml
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.demo import sample_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage, rollback_to
 from rls_migrate.steps import STAGES
 from rls_migrate.testing import servers
@@ -44,10 +42,7 @@ SETTLE_S = 1.0
 
 def playbook_for(dsn: str) -> Playbook:
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE),
-                               catalog, app_role=samples.APP_ROLE)
-    playbook = decide_sample_todos(parse_playbook(text))
+        playbook = sample_playbook(Catalog.load(conn))
     # Indexes scanned by the workload would be planned as new twins and send enforce back
     # to the index stage: keep the index plan as it was applied.
     index = playbook.options.index.model_copy(update={"twin_min_scans": 10**9})

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -25,6 +25,9 @@ from rls_migrate.playbook import ParentRef, Playbook, TablePlan, dump_playbook, 
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 from rls_migrate.workload import Workload, WorkloadStats
+
+if TYPE_CHECKING:
+    from rls_migrate.discover import TenantGraph
 
 Echo = Callable[[str], None]
 AUDIT_LOG_HINT = "issue_id -> public.issues(id)"
@@ -42,6 +45,18 @@ def start_embedded() -> servers.LocalServer:
     server = servers.start(backends[0])
     assert isinstance(server, servers.LocalServer)
     return server
+
+
+def sample_playbook(catalog: Catalog, graph: TenantGraph | None = None) -> Playbook:
+    """What ``rls-migrate init`` writes for the sample database, with its TODOs decided as a
+    person would (:func:`decide_sample_todos`). ``graph``: discovery, when already made."""
+    from rls_migrate.discover import discover
+    from rls_migrate.init import build_playbook_yaml
+
+    if graph is None:
+        graph = discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE)
+    return decide_sample_todos(parse_playbook(
+        build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE), "init output"))
 
 
 def decide_sample_todos(playbook: Playbook) -> Playbook:
@@ -176,7 +191,6 @@ def _checksums(dsn: str) -> dict[str, str]:
 def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool = False,
              live: bool = True, threads: int = 4) -> DemoResult:
     from rls_migrate.discover import discover
-    from rls_migrate.init import build_playbook_yaml
     from rls_migrate.planner import build_plan
     from rls_migrate.render import render_text
     from rls_migrate.report import build_report
@@ -196,8 +210,7 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
         with connect(dsn) as conn:
             catalog = Catalog.load(conn)
         graph = discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE)
-        playbook = decide_sample_todos(parse_playbook(
-            build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE), "init output"))
+        playbook = sample_playbook(catalog, graph)
         playbook = playbook.model_copy(update={"roles": playbook.roles.model_copy(
             update={"admin": (samples.ADMIN_ROLE,)})})
         workdir.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,8 @@ from psycopg import sql
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
-from rls_migrate.init import build_playbook_yaml
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.demo import sample_playbook as init_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
 from rls_migrate.stages.common import PlanContext, TenantTable, with_partitions
 from rls_migrate.steps import STAGES
@@ -41,10 +39,7 @@ def sample_playbook(dsn: str) -> Playbook:
     stage-order check would then send enforce back to the index stage (reported to the
     index stage's owner)."""
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE),
-                               catalog, app_role=samples.APP_ROLE)
-    playbook = decide_sample_todos(parse_playbook(text))
+        playbook = init_playbook(Catalog.load(conn))
     return configure(playbook, index={"twin_min_scans": 10**9},
                      roles={"admin": (samples.ADMIN_ROLE,)})
 

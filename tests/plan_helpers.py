@@ -14,13 +14,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rls_migrate import samples
+from rls_migrate import demo, samples
 from rls_migrate.catalog import Catalog, QualifiedName, Table
-from rls_migrate.demo import decide_sample_todos
 from rls_migrate.discover import discover
 from rls_migrate.init import build_playbook_yaml
 from rls_migrate.planner import build_plan
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.steps import Lock, Plan, Step
 from rls_migrate.testing import servers
 
@@ -71,7 +70,7 @@ def init_yaml(catalog: Catalog) -> str:
 def sample_playbook(catalog: Catalog) -> Playbook:
     """init's playbook with the decision a person makes: audit_log is a hint, orphans are
     skipped."""
-    return decide_sample_todos(parse_playbook(init_yaml(catalog), "init output"))
+    return demo.sample_playbook(catalog)
 
 
 def sample_plan(dsn: str, stages: list[str] | None = None) -> tuple[Catalog, Playbook, Plan]:

@@ -11,11 +11,9 @@ import pytest
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
+from rls_migrate.demo import sample_playbook as init_playbook
 from rls_migrate.errors import GateClosed, StepFailed
-from rls_migrate.init import build_playbook_yaml
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage, rollback_to, status
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
@@ -37,10 +35,7 @@ def sample_db(sample_factory: servers.DatabaseFactory) -> Iterator[str]:
 
 def sample_playbook(dsn: str, orphans: str = "skip") -> Playbook:
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, "accounts", app_role="app_user"), catalog,
-                               app_role="app_user")
-    playbook = decide_sample_todos(parse_playbook(text))
+        playbook = init_playbook(Catalog.load(conn))
     backfill = playbook.options.backfill.model_copy(update={"orphans": orphans,
                                                             "batch_start_rows": 200})
     options = playbook.options.model_copy(update={"backfill": backfill})

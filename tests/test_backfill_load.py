@@ -30,11 +30,9 @@ from psycopg.conninfo import make_conninfo
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
 from rls_migrate.context import tenant_transaction
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
-from rls_migrate.init import build_playbook_yaml
+from rls_migrate.demo import sample_playbook
 from rls_migrate.journal import Journal, load_checkpoint
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
@@ -88,10 +86,7 @@ def playbook_for(dsn: str, **backfill: Any) -> Playbook:
     """init's playbook for the sample with audit_log decided (orphans skipped) and the
     given ``options.backfill`` overrides."""
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, "accounts", app_role="app_user"), catalog,
-                               app_role="app_user")
-    playbook = decide_sample_todos(parse_playbook(text))
+        playbook = sample_playbook(Catalog.load(conn))
     options = playbook.options.model_copy(update={
         "backfill": playbook.options.backfill.model_copy(update={"orphans": "skip",
                                                                  **backfill})})

@@ -25,10 +25,8 @@ from psycopg.rows import dict_row
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog
 from rls_migrate.context import tenant_transaction
-from rls_migrate.demo import decide_sample_todos
-from rls_migrate.discover import discover
-from rls_migrate.init import build_playbook_yaml
-from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.demo import sample_playbook as init_playbook
+from rls_migrate.playbook import Playbook
 from rls_migrate.report import Violation, build_report, parse_log_line
 from rls_migrate.runner import apply_stage, rollback_to
 from rls_migrate.testing import servers
@@ -44,10 +42,7 @@ Row = tuple[Any, ...]
 def sample_playbook(dsn: str) -> Playbook:
     """init's playbook for the sample database, with the decision a person makes."""
     with psycopg.connect(dsn) as conn:
-        catalog = Catalog.load(conn)
-    text = build_playbook_yaml(discover(catalog, samples.TENANT_ROOT, app_role=samples.APP_ROLE),
-                               catalog, app_role=samples.APP_ROLE)
-    playbook = decide_sample_todos(parse_playbook(text))
+        playbook = init_playbook(Catalog.load(conn))
     backfill = playbook.options.backfill.model_copy(update={"batch_start_rows": 500})
     return playbook.model_copy(update={"options": playbook.options.model_copy(
         update={"backfill": backfill})})
