@@ -266,10 +266,13 @@ def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Seq
     planned = {step.id for stage in plan.stages for step in stage.steps}
     undoable: dict[str, list[Step]] = {}
     left: list[str] = []
+    there: dict[str | None, bool] = {}  # a table's several steps: one look each
     for row in journal.journaled_inverses([s for s in stages if s != "prepare"]):
         if row.step_id in planned:
             continue
-        if row.inverse is None or not _still_there(journal.conn, row.table_name):
+        if row.table_name not in there:
+            there[row.table_name] = _still_there(journal.conn, row.table_name)
+        if row.inverse is None or not there[row.table_name]:
             # No inverse kept, or its table is gone under that name (renamed, dropped): the
             # statements would fail and stop the rest of the rollback (the kill switch).
             left.append(row.step_id)
