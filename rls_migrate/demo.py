@@ -89,7 +89,7 @@ class DemoResult:
     stage_marks: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     naive_timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     # The application's lock waits as the server measured them (log_lock_waits, > 10 ms):
-    # {"relation": worst ms, "row": worst ms, "waits": how many}.
+    # {"relation": worst ms, "row": worst ms, "waits": how many, "lock_timeout": ms}.
     lock_waits: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
