@@ -289,11 +289,19 @@ class _Batch:
 
 
 class _Sizer:
-    """Keys (pages for ctid walks) per batch, from a smoothed rate, so that a batch takes
-    about ``batch_target``. A faster batch raises the estimate by half the difference (one
-    quick batch is often just a warm cache); a batch well over the target resets it at once
-    (the table got busier: the next batch must not be as slow); the size at most doubles
-    from one batch to the next."""
+    """Keys (pages for ctid walks) per batch, from a learned rate, so that a batch takes
+    about ``batch_target``.
+
+    Cautious, because one slow batch is what the p99 sees and rows can get dearer from one
+    batch to the next (the table got busier; its indexes' leaf pages filled up and started
+    splitting): batches aim at :data:`AIM` of the target, so a batch whose rows cost
+    twice the last one's still ends within 1.6 times the target; a batch slower per key
+    than the estimate replaces it at once, a faster one raises it by half the difference
+    (one quick batch is often just a warm cache); the size grows by at most :data:`GROWTH`
+    from one batch to the next, so a ramp-up never doubles into such a stretch."""
+
+    AIM = 0.8
+    GROWTH = 1.5
 
     def __init__(self, options: Options, uses_ctid: bool) -> None:
         opts = options.backfill
@@ -309,12 +317,13 @@ class _Sizer:
         if elapsed_ms <= 0 or keys <= 0:
             return
         rate = keys / elapsed_ms
-        if self.rate is None or elapsed_ms > self.target * 1.25:
+        if self.rate is None or rate < self.rate:
             self.rate = rate
         else:
             self.rate = (self.rate + rate) / 2
-        wanted = self.rate * self.target
-        self.size = int(min(max(wanted, self.min), self.max, self.size * 2))
+        wanted = self.rate * self.target * self.AIM
+        self.size = int(min(max(wanted, self.min), self.max,
+                            max(self.size * self.GROWTH, self.size + 1)))
 
     def shrink(self) -> bool:
         """A quarter of the size after a statement timeout; False when already minimal."""
