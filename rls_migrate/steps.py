@@ -84,7 +84,9 @@ class BackfillSpec:
     ``batch_sql`` fills one key range; it takes the parameters ``lo`` and ``hi`` (tuples
     matching ``key_columns``; ``lo`` is None for the first batch). ``max_key_sql`` returns
     the largest key when the backfill starts, which bounds the loop (rows inserted later are
-    filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead.
+    filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead;
+    where ``integer_key`` (a one-column smallint/integer/bigint key) and the keys are dense,
+    the runner adds instead of asking.
     """
 
     table: QualifiedName
@@ -104,6 +106,7 @@ class BackfillSpec:
     # Settings each batch transaction sets locally: with an index on the parent's key, no
     # hash or merge join, which would read the whole parent once per batch.
     batch_settings: tuple[tuple[str, str], ...] = ()
+    integer_key: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

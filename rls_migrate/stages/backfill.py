@@ -109,6 +109,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
                                     for k in keys))
         sample_key = sql.SQL("concat_ws(',', {})").format(_key_text(keys, "c"))
         uses_ctid = False
+        integer_key = len(keys) == 1 and types[0] in INTEGER_TYPES
     else:
         if table.is_partitioned:
             raise PlaybookError(f"{entry.qname}: a partitioned table without a primary key "
@@ -127,6 +128,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         ).format(reg=sql.Literal(regclass_text(entry.qname)))
         sample_key = sql.SQL("c.ctid::text")
         uses_ctid = True
+        integer_key = False
     remaining = sql.SQL("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL").format(t=t, col=col)
     orphans = sql.SQL(
         "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
@@ -150,7 +152,18 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
         single_statement_sql=sql.SQL("{} AND c.{} IS NULL").format(fill, col),
         orphans_sql=orphans, conflicts_sql=conflicts,
-        batch_settings=PROBE_PARENT if _parent_indexed(ctx, entry) else ())
+        batch_settings=PROBE_PARENT if _parent_indexed(ctx, entry) else (),
+        integer_key=integer_key)
+
+
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+DENSE = 0.8
+"""Rows per key from which an integer key range counts as dense: the next batch then ends
+``size`` keys on (``lo + size``) instead of asking the index for the key ``size`` rows
+ahead, a scan of the batch's keys that cost 4-9 ms of a 200 ms batch. A batch that finds
+fewer rows per key (a gap, a shared sequence) hands the next one back to the index, which
+also jumps the gap; the threshold keeps a batch's rows within 1.25 times what the sizer
+expects whichever way it ends."""
 
 
 PROBE_PARENT = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
@@ -277,6 +290,9 @@ class _Pass:
     last_key: list[str] | None
     max_key: list[str] | None
     finished: bool
+    # Whether the last batch found the keys dense (see DENSE); not checkpointed: a resumed
+    # run asks the index once, then knows again.
+    dense: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +302,7 @@ class _Batch:
     rows: int
     ms: float
     keys: int  # the size asked for: what the batch's time depends on
+    dense: bool
 
 
 class _Sizer:
@@ -414,7 +431,7 @@ def run_backfill(
             result.batches += 1
             result.batches_this_run += 1
             result.batch_ms.append(batch.ms)
-            walk.last_key, walk.finished = batch.hi, batch.last
+            walk.last_key, walk.finished, walk.dense = batch.hi, batch.last, batch.dense
             if progress is not None:
                 progress(spec.table, result.rows, step.estimate.rows)
             sizer.adapt(batch.keys, batch.ms)
@@ -480,7 +497,7 @@ def _batch_body(
 
     def body(cur: psycopg.Cursor[Any]) -> _Batch:
         _batch_settings(cur, spec, executor.options.backfill.user_triggers == "skip")
-        hi, last = _batch_end(cur, spec, lo, max_key, size)
+        hi, last, counted = _batch_end(cur, spec, lo, max_key, size, walk.dense)
         statement, params = _batch_statement(spec, lo, hi)
         started = time.perf_counter()
         cur.execute(for_params(statement), params)
@@ -495,28 +512,41 @@ def _batch_body(
         executor.journal.record_batch(spec.table, batch_no, lo, hi, rows, elapsed_ms, cur=cur)
         executor.journal.save_checkpoint(spec.table, hi, max_key, result.rows + rows, batch_no,
                                          last, cur=cur)
-        return _Batch(hi, last, rows, elapsed_ms, size)
+        return _Batch(hi, last, rows, elapsed_ms, size,
+                      _dense(spec, lo, hi, rows if counted is None else counted))
 
     return body
 
 
 def _batch_end(
     cur: psycopg.Cursor[Any], spec: BackfillSpec, lo: list[str] | None, max_key: list[str],
-    size: int,
-) -> tuple[list[str], bool]:
-    """Where a batch ends: ``size`` keys (pages) after ``lo``, or the pass's bound."""
+    size: int, dense: bool,
+) -> tuple[list[str], bool, int | None]:
+    """Where a batch ends: ``size`` keys (pages) after ``lo``, or the pass's bound; and how
+    many keys the index counted in the range (None when it was not asked)."""
     if spec.uses_ctid:
         lo_page = int(lo[0]) if lo else 0
         hi_page = min(lo_page + size, int(max_key[0]))
-        return [str(hi_page)], hi_page >= int(max_key[0])
+        return [str(hi_page)], hi_page >= int(max_key[0]), None
+    if spec.integer_key and dense and lo is not None:
+        hi_int = min(int(lo[0]) + size, int(max_key[0]))
+        return [str(hi_int)], hi_int >= int(max_key[0]), None
     if lo is None:
         row = cur.execute(for_params(spec.first_next_key_sql), [*max_key, size - 1]).fetchone()
     else:
         row = cur.execute(for_params(spec.next_key_sql), [*lo, *max_key, size - 1]).fetchone()
     if row is None:
-        return list(max_key), True
+        return list(max_key), True, None
     hi = [str(v) for v in row]
-    return hi, hi == list(max_key)
+    return hi, hi == list(max_key), size
+
+
+def _dense(spec: BackfillSpec, lo: list[str] | None, hi: list[str], rows: int) -> bool:
+    """Whether ``rows`` rows in the integer key range (lo, hi] make it dense (:data:`DENSE`)."""
+    if not spec.integer_key or lo is None:
+        return False
+    span = int(hi[0]) - int(lo[0])
+    return span > 0 and rows >= DENSE * span
 
 
 def _batch_statement(
