@@ -21,7 +21,8 @@ RESULTS = Path(__file__).parent / "results"
 
 class _Tee(io.StringIO):
     def write(self, text: str) -> int:
-        sys.__stdout__.write(text)
+        if sys.__stdout__ is not None:
+            sys.__stdout__.write(text)
         return super().write(text)
 
 

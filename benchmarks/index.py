@@ -144,7 +144,7 @@ def main() -> None:
         after = measure(dsn, tenants)
         built = [o.step_id.split(":")[-1] for o in result.outcomes
                  if o.kind == "create_index" and o.outcome == "done"]
-        report = {
+        report: dict[str, Any] = {
             "benchmark": "index", "postgres": server.major, "scale": scale,
             "python": sys.version.split()[0], "machine": platform.machine(),
             "rows": {"comments": counts["comments"], "accounts": counts["accounts"]},

@@ -360,7 +360,7 @@ def big_tenant_scan(owner_dsn: str, app_dsn: str, repeats: int = 15) -> dict[str
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(name, sql.Identifier(APP)))
             if value is not None:
                 conn.execute(sql.SQL("CREATE POLICY tenant ON {} TO {} USING (tenant_id = {})"
-                                     ).format(name, sql.Identifier(APP), sql.SQL(value)))  # type: ignore[arg-type]
+                                     ).format(name, sql.Identifier(APP), sql.SQL(value)))
                 conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(name))
     times: dict[str, list[float]] = {k: [] for k in kinds}
@@ -472,10 +472,10 @@ def main() -> None:
         }
 
     def server_total(variant: str) -> float:
-        return sum(summary[variant]["server_us"].values())
+        return float(sum(summary[variant]["server_us"].values()))
 
     def loop_oltp(variant: str) -> float:  # the statements of the OLTP workload
-        return summary[variant]["loop_us"]["point"] + summary[variant]["loop_us"]["range"]
+        return float(summary[variant]["loop_us"]["point"] + summary[variant]["loop_us"]["range"])
 
     targets = {
         "observe_end_to_end_pct": summary["observe"]["txn_slower_pct"], "observe_max_pct": 3.0,
