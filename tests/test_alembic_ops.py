@@ -105,14 +105,14 @@ def migrate(dsn: str, *operations: MigrateOperation, proxy: Callable[[], None] |
 
 def one(dsn: str, query: str, params: list[Any] | None = None) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type, unused-ignore]
     assert row is not None
     return row[0] if len(row) == 1 else row
 
 
 def flags(dsn: str, table: str) -> tuple[bool, bool]:
     return tuple(one(dsn, "SELECT relrowsecurity, relforcerowsecurity FROM pg_class"
-                          " WHERE oid = %s::regclass", [table]))  # type: ignore[return-value]
+                          " WHERE oid = %s::regclass", [table]))  # type: ignore[return-value, unused-ignore]
 
 
 def policies(dsn: str, table: str) -> list[str]:
@@ -288,8 +288,9 @@ def test_toolkit_schema_from_inside_a_revision_keeps_alembic_op(db: str) -> None
     def then_the_rest_of_the_revision() -> None:
         from alembic import op  # the module proxy the user's revision calls
 
-        op.enable_rls("tasks")
-        op.execute("CREATE TABLE after_upgrade (id int)")
+        proxy: Any = op  # rls-migrate's operations are registered at import time
+        proxy.enable_rls("tasks")
+        proxy.execute("CREATE TABLE after_upgrade (id int)")
 
     upgrade = UpgradeRlsMigrateSchemaOp()
     migrate(db, upgrade, proxy=then_the_rest_of_the_revision)
@@ -328,7 +329,7 @@ def test_offline_mode_says_what_to_use_instead() -> None:
     context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True})
     with Operations.context(context) as op, pytest.raises(
             RlsOperationError, match=r"op\.enable_rls needs a live database connection"):
-        op.enable_rls("tasks")
+        op.enable_rls("tasks")  # type: ignore[attr-defined]  # registered at import time
 
 
 # --------------------------------------------------------------------------- without BYPASSRLS

@@ -66,7 +66,7 @@ def refused(conn: Conn, statement: str, params: list[Any]) -> bool:
     """The write fails on a row-level security check (in a savepoint)."""
     try:
         with conn.transaction():
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)  # type: ignore[arg-type, unused-ignore]
     except psycopg.errors.InsufficientPrivilege as exc:
         return "row-level security" in str(exc)
     return False

@@ -81,10 +81,10 @@ def step(step_id: str, *statements: str, lock: Lock = Lock.ACCESS_EXCLUSIVE,
          inverse_transactional: bool = True) -> Step:
     return Step(
         id=step_id, stage="add-column", kind=kind or step_id.split(":")[0], table=T,
-        description=step_id, statements=tuple(sql.SQL(s) for s in statements),  # type: ignore[arg-type]
+        description=step_id, statements=tuple(sql.SQL(s) for s in statements),  # type: ignore[arg-type, unused-ignore]
         lock=lock, transactional=transactional,
-        done_check=sql.SQL(done_check) if done_check else None,  # type: ignore[arg-type]
-        inverse=tuple(sql.SQL(s) for s in inverse),  # type: ignore[arg-type]
+        done_check=sql.SQL(done_check) if done_check else None,  # type: ignore[arg-type, unused-ignore]
+        inverse=tuple(sql.SQL(s) for s in inverse),  # type: ignore[arg-type, unused-ignore]
         inverse_transactional=inverse_transactional, inverse_lock=lock,
     )
 

@@ -422,6 +422,7 @@ def test_hot_standby_keeps_working_and_logs(db: ObserveDb,
         assert calls.get("observe_r_comments", 0) > 0
         # Nothing reached the primary's samples; report reads the standby's log file.
         with psycopg.connect(db.dsn, autocommit=True) as conn:
+            assert standby.log_path is not None
             report = build_report(conn, db.playbook, logs=[standby.log_path])
         assert {(g.table, g.kind, g.application_name, g.sources.pop()) for g in report.groups
                 } == {("public.comments", "no_context", "t-standby", "server.log"),
@@ -469,7 +470,7 @@ def test_log_line_escapes_a_crafted_application_name(db: ObserveDb,
     with db.app(crafted) as conn, tenant_transaction(conn, 1):
         pid = conn.info.backend_pid
         conn.execute("SELECT id FROM projects /* a\nmulti-line statement */").fetchall()
-    lines = []
+    lines: list[str] = []
     deadline = time.monotonic() + 5
     while not lines and time.monotonic() < deadline:
         lines = [line for line in log_path.read_text(errors="replace").splitlines()

@@ -47,7 +47,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def execute(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in statements:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)  # type: ignore[arg-type, unused-ignore]
 
 
 def failed(report: VerifyReport) -> set[tuple[str, str]]:

@@ -45,6 +45,10 @@ SMALL_BATCHES = {"batch_target": 1.0, "batch_start_rows": 50, "batch_min_rows": 
                  "batch_max_rows": 50, "pause": 2.0}
 
 
+def _load(dsn: str) -> None:
+    samples.load(dsn, scale=SCALE)
+
+
 @functools.cache
 def newest_major() -> int:
     return max((b.major or 0 for b in servers.find_backends(
@@ -100,7 +104,7 @@ class StageTemplates:
         self.prefix = prefix
         self._owns_base = base is None
         self.base = base if base is not None else servers.DatabaseFactory(
-            server, lambda dsn: samples.load(dsn, scale=SCALE), prefix=prefix)
+            server, lambda dsn: _load(dsn), prefix=prefix)
         self.playbook = reliability_playbook(server.dsn(self.base.template))
         # The templates' own backfill needs no small batches: only the trials do.
         self._build_playbook = configure(self.playbook, backfill={
@@ -281,7 +285,7 @@ _TENANT_OF = {
 
 def tenant_of(table: str) -> sql.SQL:
     """A fixed predicate of this module (never input)."""
-    return sql.SQL(_TENANT_OF[table])  # type: ignore[arg-type]  # LiteralString from a dict
+    return sql.SQL(_TENANT_OF[table])  # type: ignore[arg-type, unused-ignore]  # LiteralString from a dict
 
 
 class LockHolder:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import functools
 import io
 import os
 import socket
@@ -59,6 +60,10 @@ from rls_migrate.testing.faults import cli_command, run_cli
 from rls_migrate.testing.replica import StandbyServer
 
 SCALE = float(os.environ.get("RLS_MIGRATE_FUZZ_SCALE", "1"))
+
+
+def _option_with(option: str, value: str) -> list[str]:
+    return [option, value]
 
 
 def examples(full: int, reduced: int, *, reliability: bool) -> int:
@@ -317,7 +322,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, str | None]]] = {
                                      "--dsn": "dsn", "--single": None}),
 }
 # No '/' (paths stay inside the test's folder) and no NUL (argv cannot hold it).
-TEXT = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+SURROGATES: Any = ("Cs",)  # hypothesis types the categories as a Literal
+TEXT = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=SURROGATES),
                max_size=20)
 
 
@@ -351,7 +357,7 @@ def argv_strategy(dsn: str, files: dict[str, Path]) -> st.SearchStrategy[list[st
         parts += [paths.map(lambda p: [p]) for _ in positionals]
         for option, kind in options.items():
             given_ = (st.just([option]) if kind is None
-                      else values[kind].map(lambda v, o=option: [o, v]))
+                      else values[kind].map(functools.partial(_option_with, option)))
             parts.append(st.one_of(st.just([]), given_))
         # Now and then a stray token: an unknown option, a value, --help.
         parts.append(st.one_of(st.just([]), st.just([]), st.just([]),

@@ -159,7 +159,7 @@ def progress_of(stage: str) -> Callable[[psycopg.Connection[Any]], int]:
     def measure(conn: psycopg.Connection[Any]) -> int:
         if conn.execute("SELECT to_regclass('rls_migrate.journal')").fetchone() == (None,):
             return 0
-        row = conn.execute(query, [stage]).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, [stage]).fetchone()  # type: ignore[arg-type, unused-ignore]
         return int(row[0]) if row else 0
 
     return measure

@@ -22,9 +22,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from enforce_helpers import configure
 from psycopg.conninfo import make_conninfo
 
-from reliability.support import StageTemplates, configure, report, write_playbook
+from reliability.support import StageTemplates, report, write_playbook
 from rls_migrate import samples
 from rls_migrate.context import tenant_transaction
 from rls_migrate.report import read_log

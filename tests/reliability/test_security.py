@@ -363,12 +363,12 @@ def toolkit_functions(conn: psycopg.Connection[Any]) -> list[tuple[str, str, boo
     return [(str(r[0]), str(r[1]), bool(r[2]), r[3]) for r in rows]
 
 
-def refused(conn: psycopg.Connection[Any], statement: sql.Composable,
+def refused(conn: psycopg.Connection[Any], statement: sql.SQL | sql.Composed,
             params: list[Any] | None = None) -> bool:
     """Whether the statement fails for lack of a privilege (in a savepoint)."""
     try:
         with conn.transaction():
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)
     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidSchemaName):
         return True
     return False
@@ -385,6 +385,7 @@ def attack_as_app(dsn: str) -> dict[str, int]:
         assert owner.execute("SELECT has_schema_privilege(%s, 'rls_migrate', 'USAGE')",
                              [samples.APP_ROLE]).fetchone() == (False,)
     assert relations, "no toolkit table to attack"
+    statement: sql.SQL | sql.Composed
     with psycopg.connect(app_dsn(dsn)) as conn:
         for table, first in relations:
             t = ident("rls_migrate", table)
@@ -493,7 +494,7 @@ def violations_logged(server: servers.LocalServer, dsn: str, *,
     for name in application_names:
         with psycopg.connect(app_dsn(dsn), autocommit=True, application_name=name) as conn:
             for statement in statements:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)  # type: ignore[arg-type, unused-ignore]
     time.sleep(0.3)  # the logging collector writes asynchronously
     part = server.log_path.parent / f"part-{uuid.uuid4().hex[:6]}.log"
     with server.log_path.open("rb") as fh:
