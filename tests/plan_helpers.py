@@ -98,7 +98,7 @@ def backfill_params(conn: Conn, step: Step) -> tuple[sql.Composable, list[object
     assert row is not None, f"{step.table} is empty"
     if spec.uses_ctid:
         return spec.batch_sql, ["(0,0)", f"({int(row[0])},0)"]
-    return spec.first_batch_sql, list(row)
+    return spec.first_batch_sql, list(row) * spec.range_uses
 
 
 def run_step(conn: Conn, step: Step) -> None:

@@ -170,10 +170,15 @@ def test_one_hop_derived_issues(sample: Sample, conn: Conn) -> None:
     spec = backfill.backfill
     assert spec is not None
     assert (spec.key_columns, spec.uses_ctid, spec.parent) == (("id",), False, q("projects"))
+    # The batch gathers its rows' parents first (one index scan, hashed), then fills its
+    # rows in key order: the key range twice.
     assert spec.batch_sql.as_string(conn) == (
         'UPDATE "public"."issues" AS c SET "tenant_id" = p."account_id" FROM "public"."projects"'
-        ' AS p WHERE p."id" = c."project_id" AND "c"."id" > %s::bigint AND "c"."id" <= '
-        '%s::bigint AND c."tenant_id" IS NULL')
+        ' AS p WHERE p."id" = ANY (ARRAY(SELECT k."project_id" FROM "public"."issues" AS k'
+        ' WHERE "k"."id" > %s::bigint AND "k"."id" <= %s::bigint)) AND p."id" = c."project_id"'
+        ' AND "c"."id" > %s::bigint AND "c"."id" <= %s::bigint AND c."tenant_id" IS NULL')
+    assert spec.range_uses == 2
+    assert spec.batch_settings == (("enable_nestloop", "off"), ("enable_mergejoin", "off"))
     assert (backfill.lock, backfill.transactional) == (Lock.ROW_EXCLUSIVE, True)
     assert any("issues_touch_updated_at" in r and "skipped" in r for r in backfill.risks)
 
@@ -276,8 +281,9 @@ def test_quoted_name_project_notes(sample: Sample, conn: Conn) -> None:
     assert spec is not None
     assert spec.first_batch_sql.as_string(conn) == (
         'UPDATE "public"."Project Notes" AS c SET "tenant_id" = p."account_id" FROM '
-        '"public"."projects" AS p WHERE p."id" = c."projectId" AND "c"."id" <= %s::bigint AND '
-        'c."tenant_id" IS NULL')
+        '"public"."projects" AS p WHERE p."id" = ANY (ARRAY(SELECT k."projectId" FROM '
+        '"public"."Project Notes" AS k WHERE "k"."id" <= %s::bigint)) AND p."id" = c."projectId"'
+        ' AND "c"."id" <= %s::bigint AND c."tenant_id" IS NULL')
     assert texts(step(plan, f"validate_not_null:{t}"), conn) == [
         'ALTER TABLE "public"."Project Notes" VALIDATE CONSTRAINT '
         '"Project Notes_tenant_id_rlsm_not_null"']

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, LiteralString, TypeAlias
 
 import psycopg
 import psycopg.errors
@@ -86,16 +86,25 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     sample_key: Query
     batch: Query
     first: Query
+    probe = _parent_indexed(ctx, entry)
+    gather = probe and len(entry.parent.columns) == 1
+    settings: tuple[tuple[str, str], ...] = ()
+    range_uses = 1
     if table.primary_key:
         keys = table.primary_key
         types = [table.column(k).type for k in keys]  # type: ignore[union-attr]
         kc = _key_expr(keys, "c")
         lo, hi = _params(types), _params(types)
         order = sql.SQL(", ").join(sql.Identifier("c", k) for k in keys)
-        batch = sql.SQL("{fill} AND {kc} > {lo} AND {kc} <= {hi} AND c.{col} IS NULL").format(
-            fill=fill, kc=kc, lo=lo, hi=hi, col=col)
-        first = sql.SQL("{fill} AND {kc} <= {hi} AND c.{col} IS NULL").format(
-            fill=fill, kc=kc, hi=hi, col=col)
+        if gather:
+            batch, first = _gathering_batches(entry, t, col, parent, match, keys, types)
+            settings, range_uses = HASH_GATHERED, 2
+        else:
+            batch = sql.SQL("{fill} AND {kc} > {lo} AND {kc} <= {hi} AND c.{col} IS NULL"
+                            ).format(fill=fill, kc=kc, lo=lo, hi=hi, col=col)
+            first = sql.SQL("{fill} AND {kc} <= {hi} AND c.{col} IS NULL").format(
+                fill=fill, kc=kc, hi=hi, col=col)
+            settings = PROBE_PARENT if probe else ()
         ahead = sql.SQL(
             "SELECT {txt} FROM {t} AS c WHERE {kc} > {lo} AND {kc} <= {mx}"
             " ORDER BY {order} OFFSET %s LIMIT 1").format(
@@ -119,6 +128,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
 
         batch = sql.SQL("{fill} AND {ctid} >= %s::tid AND {ctid} < %s::tid AND c.{col} IS NULL"
                         ).format(fill=fill, ctid=ctid, col=col)
+        settings = PROBE_PARENT if probe else ()
         first = batch
         # ctid batches count pages: the "key ahead" is simply lo + n pages.
         ahead = sql.SQL("SELECT (%s::bigint + %s::bigint)::text")
@@ -152,8 +162,41 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
         single_statement_sql=sql.SQL("{} AND c.{} IS NULL").format(fill, col),
         orphans_sql=orphans, conflicts_sql=conflicts,
-        batch_settings=PROBE_PARENT if _parent_indexed(ctx, entry) else (),
-        integer_key=integer_key)
+        batch_settings=settings, range_uses=range_uses, integer_key=integer_key)
+
+
+def _gathering_batches(
+    entry: TenantTable, t: sql.Composable, col: sql.Identifier, parent: sql.Composable,
+    match: sql.Composable, keys: Sequence[str], types: Sequence[str],
+) -> tuple[sql.Composed, sql.Composed]:
+    """The batch (and first batch) that gathers its parents first: the parent keys of the
+    batch's rows into an array (an InitPlan), the parents fetched with one index scan over
+    the sorted array and hashed, then the batch's rows, in key order, each find theirs in
+    the hash table. One index probe per row interleaved with the updates cost 6.5-6.7 µs a
+    row on the sample's comments, this 4.7 (a constant: 3.4; the single statement: 4.4).
+    Takes the key range twice: ``(lo, hi)`` for the gathering, again for the update."""
+    assert entry.parent is not None and entry.parent_column is not None
+    fk, ref = entry.parent.columns[0], entry.parent.ref_columns[0]
+    kk, kc = _key_expr(keys, "k"), _key_expr(keys, "c")
+    lo, hi = _params(types), _params(types)
+    template: LiteralString = (
+        "UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p"
+        " WHERE p.{ref} = ANY (ARRAY(SELECT k.{fk} FROM {t} AS k WHERE {k_range}))"
+        " AND {match} AND {c_range} AND c.{col} IS NULL")
+    parts = dict(t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent,
+                 ref=sql.Identifier(ref), fk=sql.Identifier(fk), match=match)
+    batch = sql.SQL(template).format(
+        k_range=sql.SQL("{} > {} AND {} <= {}").format(kk, lo, kk, hi),
+        c_range=sql.SQL("{} > {} AND {} <= {}").format(kc, lo, kc, hi), **parts)
+    first = sql.SQL(template).format(k_range=sql.SQL("{} <= {}").format(kk, hi),
+                                     c_range=sql.SQL("{} <= {}").format(kc, hi), **parts)
+    return batch, first
+
+
+HASH_GATHERED = (("enable_nestloop", "off"), ("enable_mergejoin", "off"))
+"""For a gathering batch: the join is a hash join, the gathered parents hashed, the batch's
+rows probing in key order (the planner estimates ``ANY (ARRAY(...))`` at a few rows, so it
+hashes that side; a nested loop over it would rescan the batch once per parent)."""
 
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
@@ -167,10 +210,11 @@ expects whichever way it ends."""
 
 
 PROBE_PARENT = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
-"""A batch fills a few thousand rows, whose parents are as many index probes; a hash or
-merge join reads the whole parent instead, once per batch (a 10-million-row parent would
-make every batch take seconds), and the planner picks one for batches of a few thousand
-rows already."""
+"""Where the parent link has several columns (no gathering, see :func:`_gathering_batches`)
+and for ctid batches: a batch's parents are as many index probes; a hash or merge join
+would read the whole parent instead, once per batch (a 10-million-row parent would make
+every batch take seconds), and the planner picks one for batches of a few thousand rows
+already."""
 
 
 def _parent_indexed(ctx: PlanContext, entry: TenantTable) -> bool:
@@ -404,12 +448,13 @@ def run_backfill(
             executor.log.info("backfill.resume", table=str(spec.table), batches=result.batches,
                               rows=result.rows, last_key=walk.last_key)
     sizer = _Sizer(options, spec.uses_ctid)
+    wraparound_checked = [-WRAPAROUND_CHECK_S]  # monotonic time of the last look
     batch_timeout_ms = max(options.ddl_statement_timeout, opts.batch_target * 25)
     sweeps = 0
     while True:
         shrinks = 0
         while not walk.finished and walk.max_key is not None:
-            _wait_until_safe(executor, spec.table)
+            _wait_until_safe(executor, spec.table, wraparound_checked)
             try:
                 # Pipelined: a batch is three round trips (BEGIN, timeouts, settings and
                 # the batch's end; the UPDATE; the journal and COMMIT), not eight.
@@ -564,8 +609,8 @@ def _batch_statement(
         lo_page = int(lo[0]) if lo else 0
         return spec.batch_sql, [f"({lo_page},0)", f"({int(hi[0])},0)"]
     if lo is None:
-        return spec.first_batch_sql, [*hi]
-    return spec.batch_sql, [*lo, *hi]
+        return spec.first_batch_sql, [*hi] * spec.range_uses
+    return spec.batch_sql, [*lo, *hi] * spec.range_uses
 
 
 def _refuse_if_rls_filters(db: Executes, spec: BackfillSpec, symptom: str) -> None:
@@ -648,10 +693,16 @@ def _wraparound_vacuum(conn: psycopg.Connection[Any], qname: QualifiedName) -> b
     return bool(row and row[0])
 
 
-def _wait_until_safe(executor: Executor, table: QualifiedName) -> None:
-    """Pause while a replica lags more than ``max_replica_lag``, and while an
-    anti-wraparound autovacuum works on the table (it does not yield to lock conflicts as
-    other autovacuums do, and every batch adds to its work)."""
+WRAPAROUND_CHECK_S = 1.0
+"""How often a backfill looks for an anti-wraparound autovacuum on its table (one that runs
+for minutes; looking before every batch cost 1 ms of 5 in a batch's own overhead)."""
+
+
+def _wait_until_safe(executor: Executor, table: QualifiedName, checked: list[float]) -> None:
+    """Pause while a replica lags more than ``max_replica_lag`` (asked before every batch),
+    and while an anti-wraparound autovacuum works on the table (it does not yield to lock
+    conflicts as other autovacuums do, and every batch adds to its work; asked every
+    :data:`WRAPAROUND_CHECK_S`: ``checked`` holds when it was last asked)."""
     bound = executor.options.backfill.max_replica_lag
     paused = False
     while True:
@@ -660,8 +711,11 @@ def _wait_until_safe(executor: Executor, table: QualifiedName) -> None:
             lag = _replica_lag_ms(executor.conn)
             if lag > bound:
                 reasons.append(f"replica replay lag {lag:.0f} ms > {bound:.0f} ms")
-        if _wraparound_vacuum(executor.conn, table):
-            reasons.append("an anti-wraparound autovacuum is running on the table")
+        now = time.monotonic()
+        if paused or now - checked[0] >= WRAPAROUND_CHECK_S:
+            checked[0] = now
+            if _wraparound_vacuum(executor.conn, table):
+                reasons.append("an anti-wraparound autovacuum is running on the table")
         if not reasons:
             if paused:
                 executor.log.info("backfill.resumed", table=str(table))
