@@ -82,9 +82,9 @@ class BackfillSpec:
     """What a batched backfill does; the executor runs it batch by batch.
 
     ``batch_sql`` fills one key range; it takes the parameters ``lo`` and ``hi`` (tuples
-    matching ``key_columns``; ``lo`` is None for the first batch), ``range_uses`` times. ``max_key_sql`` returns
-    the largest key when the backfill starts, which bounds the loop (rows inserted later are
-    filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead;
+    matching ``key_columns``; ``lo`` is None for the first batch), ``range_uses`` times.
+    ``max_key_sql`` returns the largest key when the backfill starts, which bounds the loop
+    (rows inserted later are filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead;
     where ``integer_key`` (a one-column smallint/integer/bigint key) and the keys are dense,
     the runner adds instead of asking.
     """
@@ -103,8 +103,9 @@ class BackfillSpec:
     single_statement_sql: Query  # the whole fill as one UPDATE (SQL scripts, benchmarks)
     orphans_sql: Query | None
     conflicts_sql: Query | None
-    # Settings each batch transaction sets locally: with an index on the parent's key, no
-    # hash or merge join, which would read the whole parent once per batch.
+    # Planner settings each batch transaction sets locally: the join strategy that keeps a
+    # batch from reading the whole parent (see stages/backfill.py: HASH_GATHERED for
+    # batches that gather their parents first, PROBE_PARENT for the others).
     batch_settings: tuple[tuple[str, str], ...] = ()
     # How many times the batch statements take their key range: their parameters are
     # (lo, hi) (or (hi,) for the first batch) repeated that many times.

@@ -448,13 +448,13 @@ def run_backfill(
             executor.log.info("backfill.resume", table=str(spec.table), batches=result.batches,
                               rows=result.rows, last_key=walk.last_key)
     sizer = _Sizer(options, spec.uses_ctid)
-    wraparound_checked = [-WRAPAROUND_CHECK_S]  # monotonic time of the last look
+    safety = _SafetyChecks()
     batch_timeout_ms = max(options.ddl_statement_timeout, opts.batch_target * 25)
     sweeps = 0
     while True:
         shrinks = 0
         while not walk.finished and walk.max_key is not None:
-            _wait_until_safe(executor, spec.table, wraparound_checked)
+            _wait_until_safe(executor, spec.table, safety)
             try:
                 # Pipelined: a batch is three round trips (BEGIN, timeouts, settings and
                 # the batch's end; the UPDATE; the journal and COMMIT), not eight.
@@ -698,11 +698,18 @@ WRAPAROUND_CHECK_S = 1.0
 for minutes; looking before every batch cost 1 ms of 5 in a batch's own overhead)."""
 
 
-def _wait_until_safe(executor: Executor, table: QualifiedName, checked: list[float]) -> None:
+@dataclasses.dataclass
+class _SafetyChecks:
+    """When a table's backfill last looked for an anti-wraparound autovacuum (monotonic)."""
+
+    wraparound_checked_at: float = -WRAPAROUND_CHECK_S
+
+
+def _wait_until_safe(executor: Executor, table: QualifiedName, checks: _SafetyChecks) -> None:
     """Pause while a replica lags more than ``max_replica_lag`` (asked before every batch),
     and while an anti-wraparound autovacuum works on the table (it does not yield to lock
     conflicts as other autovacuums do, and every batch adds to its work; asked every
-    :data:`WRAPAROUND_CHECK_S`: ``checked`` holds when it was last asked)."""
+    :data:`WRAPAROUND_CHECK_S`)."""
     bound = executor.options.backfill.max_replica_lag
     paused = False
     while True:
@@ -712,8 +719,8 @@ def _wait_until_safe(executor: Executor, table: QualifiedName, checked: list[flo
             if lag > bound:
                 reasons.append(f"replica replay lag {lag:.0f} ms > {bound:.0f} ms")
         now = time.monotonic()
-        if paused or now - checked[0] >= WRAPAROUND_CHECK_S:
-            checked[0] = now
+        if paused or now - checks.wraparound_checked_at >= WRAPAROUND_CHECK_S:
+            checks.wraparound_checked_at = now
             if _wraparound_vacuum(executor.conn, table):
                 reasons.append("an anti-wraparound autovacuum is running on the table")
         if not reasons:
