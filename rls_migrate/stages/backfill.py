@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, LiteralString, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 import psycopg.errors
@@ -62,6 +62,16 @@ def _params(types: Sequence[str]) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(", ").join(parts))
 
 
+def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, first: bool
+               ) -> sql.Composed:
+    """``key > lo AND key <= hi`` on ``alias`` (composite keys by row comparison), or only
+    ``key <= hi`` for the first batch; ``lo`` and ``hi`` are typed placeholders."""
+    key = _key_expr(columns, alias)
+    if first:
+        return sql.SQL("{} <= {}").format(key, _params(types))
+    return sql.SQL("{} > {} AND {} <= {}").format(key, _params(types), key, _params(types))
+
+
 def _key_text(columns: Sequence[str], alias: str) -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c))
                               for c in columns)
@@ -93,25 +103,31 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     if table.primary_key:
         keys = table.primary_key
         types = [table.column(k).type for k in keys]  # type: ignore[union-attr]
-        kc = _key_expr(keys, "c")
-        lo, hi = _params(types), _params(types)
         order = sql.SQL(", ").join(sql.Identifier("c", k) for k in keys)
+
+        def fill_range(first: bool) -> sql.Composed:
+            # The gathering form reads the key range once more, to collect the parents.
+            head = (_gathering_fill(entry, t, col, parent, match,
+                                    _key_range(keys, types, "k", first=first))
+                    if gather else fill)
+            return sql.SQL("{} AND {} AND c.{} IS NULL").format(
+                head, _key_range(keys, types, "c", first=first), col)
+
+        batch, first = fill_range(False), fill_range(True)
         if gather:
-            batch, first = _gathering_batches(entry, t, col, parent, match, keys, types)
             settings, range_uses = HASH_GATHERED, 2
         else:
-            batch = sql.SQL("{fill} AND {kc} > {lo} AND {kc} <= {hi} AND c.{col} IS NULL"
-                            ).format(fill=fill, kc=kc, lo=lo, hi=hi, col=col)
-            first = sql.SQL("{fill} AND {kc} <= {hi} AND c.{col} IS NULL").format(
-                fill=fill, kc=kc, hi=hi, col=col)
             settings = PROBE_PARENT if probe else ()
-        ahead = sql.SQL(
-            "SELECT {txt} FROM {t} AS c WHERE {kc} > {lo} AND {kc} <= {mx}"
-            " ORDER BY {order} OFFSET %s LIMIT 1").format(
-            txt=_key_text(keys, "c"), t=t, kc=kc, lo=lo, mx=_params(types), order=order)
-        first_ahead = sql.SQL(
-            "SELECT {txt} FROM {t} AS c WHERE {kc} <= {mx} ORDER BY {order} OFFSET %s LIMIT 1"
-        ).format(txt=_key_text(keys, "c"), t=t, kc=kc, mx=_params(types), order=order)
+
+        def key_ahead(first: bool) -> sql.Composed:
+            # The key `size` rows after lo (from the start for the first batch), within the
+            # pass's bound.
+            return sql.SQL(
+                "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1"
+            ).format(txt=_key_text(keys, "c"), t=t, order=order,
+                     range=_key_range(keys, types, "c", first=first))
+
+        ahead, first_ahead = key_ahead(False), key_ahead(True)
         max_key = sql.SQL("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1").format(
             txt=_key_text(keys, "c"), t=t,
             desc=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier("c", k))
@@ -165,32 +181,25 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         batch_settings=settings, range_uses=range_uses, integer_key=integer_key)
 
 
-def _gathering_batches(
+def _gathering_fill(
     entry: TenantTable, t: sql.Composable, col: sql.Identifier, parent: sql.Composable,
-    match: sql.Composable, keys: Sequence[str], types: Sequence[str],
-) -> tuple[sql.Composed, sql.Composed]:
-    """The batch (and first batch) that gathers its parents first: the parent keys of the
-    batch's rows into an array (an InitPlan), the parents fetched with one index scan over
-    the sorted array and hashed, then the batch's rows, in key order, each find theirs in
-    the hash table. One index probe per row interleaved with the updates cost 6.5-6.7 µs a
-    row on the sample's comments, this 4.7 (a constant: 3.4; the single statement: 4.4).
-    Takes the key range twice: ``(lo, hi)`` for the gathering, again for the update."""
+    match: sql.Composable, k_range: sql.Composable,
+) -> sql.Composed:
+    """The head of a batch that gathers its parents first: the parent keys of the batch's
+    rows (``k_range``) into an array (an InitPlan), the parents fetched with one index scan
+    over the sorted array and hashed, then the batch's rows, in key order, each find theirs
+    in the hash table. One index probe per row interleaved with the updates cost 6.5-6.7 µs
+    a row on the sample's comments, this 4.7 (a constant: 3.4; the single statement: 4.4).
+    The batch then takes the key range twice: ``(lo, hi)`` for the gathering, again for the
+    update."""
     assert entry.parent is not None and entry.parent_column is not None
-    fk, ref = entry.parent.columns[0], entry.parent.ref_columns[0]
-    kk, kc = _key_expr(keys, "k"), _key_expr(keys, "c")
-    lo, hi = _params(types), _params(types)
-    template: LiteralString = (
+    return sql.SQL(
         "UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p"
         " WHERE p.{ref} = ANY (ARRAY(SELECT k.{fk} FROM {t} AS k WHERE {k_range}))"
-        " AND {match} AND {c_range} AND c.{col} IS NULL")
-    parts = dict(t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent,
-                 ref=sql.Identifier(ref), fk=sql.Identifier(fk), match=match)
-    batch = sql.SQL(template).format(
-        k_range=sql.SQL("{} > {} AND {} <= {}").format(kk, lo, kk, hi),
-        c_range=sql.SQL("{} > {} AND {} <= {}").format(kc, lo, kc, hi), **parts)
-    first = sql.SQL(template).format(k_range=sql.SQL("{} <= {}").format(kk, hi),
-                                     c_range=sql.SQL("{} <= {}").format(kc, hi), **parts)
-    return batch, first
+        " AND {match}").format(
+        t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent,
+        ref=sql.Identifier(entry.parent.ref_columns[0]),
+        fk=sql.Identifier(entry.parent.columns[0]), k_range=k_range, match=match)
 
 
 HASH_GATHERED = (("enable_nestloop", "off"), ("enable_mergejoin", "off"))
@@ -210,7 +219,7 @@ expects whichever way it ends."""
 
 
 PROBE_PARENT = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
-"""Where the parent link has several columns (no gathering, see :func:`_gathering_batches`)
+"""Where the parent link has several columns (no gathering, see :func:`_gathering_fill`)
 and for ctid batches: a batch's parents are as many index probes; a hash or merge join
 would read the whole parent instead, once per batch (a 10-million-row parent would make
 every batch take seconds), and the planner picks one for batches of a few thousand rows
