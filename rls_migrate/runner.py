@@ -25,7 +25,7 @@ from rls_migrate.playbook import Playbook
 from rls_migrate.stages.backfill import run_backfill
 from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles
-from rls_migrate.steps import STAGES, Lock, Plan, StagePlan, Step
+from rls_migrate.steps import LOCKS_BY_LABEL, STAGES, Lock, Plan, StagePlan, Step
 
 APPLICABLE = STAGES
 ROLLBACK_TARGETS = ("none", *STAGES)
@@ -282,13 +282,11 @@ def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Seq
             table=QualifiedName.parse(row.table_name) if row.table_name else None,
             description=f"{row.step_id}, no longer in the playbook: undone as journaled",
             statements=(), inverse=tuple(sql.SQL(text) for text in row.inverse),
-            inverse_lock=_LOCKS.get(row.inverse_lock or "", Lock.ACCESS_EXCLUSIVE),
+            inverse_lock=LOCKS_BY_LABEL.get(row.inverse_lock or "", Lock.ACCESS_EXCLUSIVE),
             inverse_transactional=row.inverse_transactional,
             inverse_needs=row.inverse_needs))
     return undoable, sorted(left)
 
-
-_LOCKS = {lock.label: lock for lock in Lock}
 
 
 def _still_there(conn: psycopg.Connection[Any], table_name: str | None) -> bool:

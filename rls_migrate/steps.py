@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 from psycopg import sql
 
@@ -66,6 +67,11 @@ class Lock(enum.Enum):
         return self.strength >= Lock.SHARE.strength
 
 
+LOCKS_BY_LABEL: Mapping[str, Lock] = MappingProxyType({lock.label: lock for lock in Lock})
+"""Each lock level by its label (``"ACCESS EXCLUSIVE"``), as journals and revision files
+write it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     rows: int = 0
@@ -84,9 +90,9 @@ class BackfillSpec:
     ``batch_sql`` fills one key range; it takes the parameters ``lo`` and ``hi`` (tuples
     matching ``key_columns``; ``lo`` is None for the first batch), ``range_uses`` times.
     ``max_key_sql`` returns the largest key when the backfill starts, which bounds the loop
-    (rows inserted later are filled by the sync trigger). ``next_key_sql`` returns the key ``batch_size`` rows ahead;
-    where ``integer_key`` (a one-column smallint/integer/bigint key) and the keys are dense,
-    the runner adds instead of asking.
+    (rows inserted later are filled by the sync trigger). ``next_key_sql`` returns the key
+    ``batch_size`` rows ahead; where ``integer_key`` (a one-column smallint/integer/bigint
+    key) and the keys are dense, the runner adds instead of asking.
     """
 
     table: QualifiedName

@@ -45,7 +45,7 @@ from rls_migrate.stages.policies import (
     recorder_signature,
     tenant_match,
 )
-from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+from rls_migrate.steps import LOCKS_BY_LABEL, Estimate, Lock, StagePlan, Step
 
 from .runtime import (
     Conn,
@@ -63,7 +63,6 @@ from .runtime import (
 )
 
 MODES = ("observe", "enforce")
-LOCKS = {lock.label: lock for lock in Lock}
 
 
 def _mode(mode: str) -> str:
@@ -895,8 +894,9 @@ class RunRlsStepOp(MigrateOperation):
                  options: Mapping[str, Any] | None = None,
                  inverse: Sequence[str] = (), inverse_lock: str = "none",
                  inverse_transactional: bool = True) -> None:
-        if lock not in LOCKS or inverse_lock not in LOCKS:
-            raise RlsOperationError(f"step {step_id}: lock must be one of {sorted(LOCKS)}")
+        if lock not in LOCKS_BY_LABEL or inverse_lock not in LOCKS_BY_LABEL:
+            raise RlsOperationError(
+                f"step {step_id}: lock must be one of {sorted(LOCKS_BY_LABEL)}")
         self.step_id, self.stage, self.kind, self.table = step_id, stage, kind, table
         self.lock, self.statements, self.transactional = lock, tuple(statements), transactional
         self.done_check, self.seconds, self.options = done_check, seconds, dict(options or {})
@@ -929,10 +929,10 @@ class RunRlsStepOp(MigrateOperation):
             table=QualifiedName.parse(self.table) if self.table else None,
             description=self.step_id,
             statements=tuple(sql.SQL(s) for s in self.statements),
-            lock=LOCKS[self.lock], transactional=self.transactional,
+            lock=LOCKS_BY_LABEL[self.lock], transactional=self.transactional,
             done_check=sql.SQL(self.done_check) if self.done_check else None,
             inverse=tuple(sql.SQL(s) for s in self.inverse),
-            inverse_lock=LOCKS[self.inverse_lock],
+            inverse_lock=LOCKS_BY_LABEL[self.inverse_lock],
             inverse_transactional=self.inverse_transactional,
             estimate=Estimate(seconds=self.seconds))
 
@@ -945,8 +945,9 @@ class UndoRlsStepOp(MigrateOperation):
     def __init__(self, step_id: str, *, stage: str, kind: str, table: str | None,
                  lock: str, statements: Sequence[str], transactional: bool = True,
                  options: Mapping[str, Any] | None = None) -> None:
-        if lock not in LOCKS:
-            raise RlsOperationError(f"step {step_id}: lock must be one of {sorted(LOCKS)}")
+        if lock not in LOCKS_BY_LABEL:
+            raise RlsOperationError(
+                f"step {step_id}: lock must be one of {sorted(LOCKS_BY_LABEL)}")
         self.step_id, self.stage, self.kind, self.table = step_id, stage, kind, table
         self.lock, self.statements, self.transactional = lock, tuple(statements), transactional
         self.options = dict(options or {})
@@ -974,7 +975,7 @@ class UndoRlsStepOp(MigrateOperation):
             table=QualifiedName.parse(self.table) if self.table else None,
             description=self.step_id, statements=(),
             inverse=tuple(sql.SQL(s) for s in self.statements),
-            inverse_lock=LOCKS[self.lock], inverse_transactional=self.transactional)
+            inverse_lock=LOCKS_BY_LABEL[self.lock], inverse_transactional=self.transactional)
 
 
 def _emit_offline(operations: Operations, step_id: str, statements: Sequence[str],
