@@ -108,16 +108,21 @@ def reset(conn: psycopg.Connection[Any], step: Step) -> None:
     conn.execute("CHECKPOINT")
 
 
+def inspection_s(conn: psycopg.Connection[Any], step: Step) -> float:
+    """Seconds the backfill's end-of-table inspection (orphans, conflicts, unfilled rows)
+    takes on the table as it is."""
+    assert step.backfill is not None
+    started = time.perf_counter()
+    _inspect(conn, step.backfill, BackfillResult(step.backfill.table))
+    return time.perf_counter() - started
+
+
 def run_batched(conn: psycopg.Connection[Any], playbook: Playbook, step: Step) -> dict[str, Any]:
     executor = Executor(conn, playbook.options, Journal(conn))
     started = time.perf_counter()
     result = run_backfill(executor, step)
     total_s = time.perf_counter() - started
-    # The inspection again, on the same state, to split the step's time.
-    assert step.backfill is not None
-    started = time.perf_counter()
-    _inspect(conn, step.backfill, BackfillResult(step.backfill.table))
-    inspect_s = time.perf_counter() - started
+    inspect_s = inspection_s(conn, step)  # again, on the same state, to split the step
     durations = [float(r[0]) for r in conn.execute(
         "SELECT duration_ms FROM rls_migrate.backfill_batches WHERE table_name = %s"
         " ORDER BY batch_no", [str(step.table)]).fetchall()]
@@ -141,9 +146,7 @@ def run_single(conn: psycopg.Connection[Any], step: Step) -> dict[str, Any]:
         rows = conn.execute(step.backfill.single_statement_sql).rowcount
     seconds = time.perf_counter() - started
     # The same end-of-table inspection the batched step runs, to compare whole with whole.
-    started = time.perf_counter()
-    _inspect(conn, step.backfill, BackfillResult(step.backfill.table))
-    inspect_s = time.perf_counter() - started
+    inspect_s = inspection_s(conn, step)
     return {"method": "single", "rows": rows, "s": round(seconds, 3),
             "rows_per_s": round(rows / seconds), "inspect_s": round(inspect_s, 3),
             "with_inspection_rows_per_s": round(rows / (seconds + inspect_s))}
