@@ -21,7 +21,6 @@ from rls_migrate.steps import STAGES
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 def dsn_option(func: F) -> F:
     return click.option("--dsn", metavar="DSN", help=DSN_HELP)(func)
 
