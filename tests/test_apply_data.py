@@ -198,7 +198,6 @@ def test_rollback_undoes_tables_the_playbook_no_longer_plans(sample_db: str) -> 
     apply_stage(sample_db, playbook, "add-column")
     tables = dict(playbook.tables)
     tables['public."Project Notes"'] = TablePlan(strategy="skip")
-    smaller = playbook.model_copy(update={"tables": tables})
     with psycopg.connect(sample_db, autocommit=True) as conn:
         # As if issues' steps had been journaled by a toolkit without revision 0003.
         conn.execute("UPDATE rls_migrate.step_state SET inverse = NULL"
