@@ -104,7 +104,7 @@ class StageTemplates:
         self.prefix = prefix
         self._owns_base = base is None
         self.base = base if base is not None else servers.DatabaseFactory(
-            server, lambda dsn: _load(dsn), prefix=prefix)
+            server, _load, prefix=prefix)
         self.playbook = reliability_playbook(server.dsn(self.base.template))
         # The templates' own backfill needs no small batches: only the trials do.
         self._build_playbook = configure(self.playbook, backfill={
