@@ -256,8 +256,7 @@ def run_case(dsn: str, case: Case, tmp_path: Path, *, cli_plan: bool) -> int:
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("case", CASES,
-                         ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_names_through_every_stage(case: Case, empty_db: str,
                                            pg_server: servers.PostgresServer,
                                            tmp_path: Path) -> None:
