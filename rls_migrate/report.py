@@ -153,7 +153,7 @@ def _opt_int(value: object) -> int | None:
 def violation_from_json(obj: object, source: str) -> Violation | None:
     """A :class:`Violation` from the JSON object of a log line, or None when the object is
     not one the recorders write (another version, a missing or mistyped field)."""
-    if not isinstance(obj, dict) or obj.get("v") != LOG_VERSION:
+    if not isinstance(obj, dict) or obj.get("v") not in (1, LOG_VERSION):
         return None
     try:
         at = dt.datetime.fromisoformat(str(obj["at"]))
