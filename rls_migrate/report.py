@@ -4,10 +4,11 @@ Evidence comes from three places (see :mod:`rls_migrate.stages.policies`):
 
 * ``rls_migrate.violation_samples``: one row per statement, table and operation, from
   transactions that could write and committed;
-* the recorders' ``pg_stat_user_functions`` counters: every rejected row, whatever happened
-  to its transaction (read-only, rolled back). Counters only grow, so each report saves a
-  snapshot in ``rls_migrate.counter_snapshots``; the rows rejected in a window are the
-  growth since the last snapshot taken before the window began;
+* the recorders' ``pg_stat_user_functions`` counters: every recorded statement (one call per
+  statement, table and operation, not per row), whatever happened to its transaction
+  (read-only, rolled back). Counters only grow, so each report saves a snapshot in
+  ``rls_migrate.counter_snapshots``; the statements counted in a window are the growth since
+  the last snapshot taken before the window began;
 * server log files (``--log``), e.g. from hot standbys, where nothing can be written: every
   recorded statement leaves one line ``rls_migrate violation {json}`` there.
 
@@ -292,7 +293,8 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Counter:
-    """A recorder's ``pg_stat_user_functions.calls``: rows the enforced policy would reject."""
+    """A recorder's ``pg_stat_user_functions.calls``: statements the enforced policy would
+    change (one call per statement, not per row)."""
 
     table: str
     operation: str
@@ -325,13 +327,13 @@ class Report:
         return sum(g.count for g in self.groups)
 
     @property
-    def rejected_rows(self) -> int:
-        """Rows the recorders counted in the window (this server only)."""
+    def counted_statements(self) -> int:
+        """Statements the recorders counted in the window (this server only)."""
         return sum(c.in_window for c in self.counters)
 
     @property
     def clean(self) -> bool:
-        return not self.groups and self.rejected_rows == 0
+        return not self.groups and self.counted_statements == 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -339,7 +341,7 @@ class Report:
             "window": describe_window(self.since),
             "window_start": self.window_start.isoformat() if self.window_start else None,
             "clean": self.clean, "statements": self.statements,
-            "rejected_rows": self.rejected_rows, "counters_available": self.counters_available,
+            "counted_statements": self.counted_statements, "counters_available": self.counters_available,
             "log_files": list(self.log_files), "groups": [g.as_dict() for g in self.groups],
             "counters": [c.as_dict() for c in self.counters], "notes": list(self.notes),
         }
@@ -584,7 +586,7 @@ def build_report(
     notes += counter_notes
     counters_available = track_functions != "none"
     if not counters_available:
-        notes.append("track_functions is 'none': rows rejected in read-only or rolled-back "
+        notes.append("track_functions is 'none': statements recorded in read-only or rolled-back "
                       "transactions are not counted; set it to 'pl' (ALTER SYSTEM, reload), "
                       "and read the server logs with --log")
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.table, g.operation, g.kind,
@@ -594,7 +596,7 @@ def build_report(
         g.table == c.table and g.operation == c.operation for g in ordered)]
     if unexplained:
         notes.append(
-            "rows were rejected without a sample (read-only or rolled-back transactions): "
+            "statements were counted without a sample (read-only or rolled-back transactions): "
             + ", ".join(f"{c.table} {c.operation} ({c.in_window})" for c in unexplained)
             + "; their statements are in the server log (rls-migrate report --log FILE)")
     return Report(database=str(database), generated_at=now, since=since, window_start=start,
@@ -616,7 +618,7 @@ def _summary(report: Report) -> str:
     if report.clean:
         return f"{head}\nclean: no would-be violation recorded"
     return (f"{head}\nNOT CLEAN: {len(report.groups)} group(s), {report.statements} "
-            f"statement(s), {report.rejected_rows:,} rejected row(s) counted")
+            f"statement(s), {report.counted_statements:,} statement(s) counted")
 
 
 def _example(g: Group) -> str:
@@ -645,7 +647,7 @@ def render_text(report: Report) -> str:
             lines.append(f"    example:   {_example(g)}")
     counted = [c for c in report.counters if c.calls]
     if counted:
-        lines += ["", "rows the enforced policy would reject (pg_stat_user_functions):"]
+        lines += ["", "statements the enforced policy would change (pg_stat_user_functions):"]
         width = max(len(c.table) for c in counted)
         for c in counted:
             lines.append(f"  {c.table.ljust(width)}  {c.operation:<5}  in window {c.in_window:>9,}"
@@ -679,7 +681,7 @@ def render_markdown(report: Report) -> str:
         lines.append("")
     counted = [c for c in report.counters if c.calls]
     if counted:
-        lines += ["| table | op | rejected rows in window | since stats reset |",
+        lines += ["| table | op | statements in window | since stats reset |",
                   "|---|---|---:|---:|"]
         lines += [f"| {_md(c.table)} | {c.operation} | {c.in_window:,} | {c.calls:,} |"
                   for c in counted]
@@ -715,7 +717,7 @@ def enforce_gate(conn: Conn, playbook: Playbook, force: bool) -> dict[str, Any] 
         return None
     window = describe_window(since)
     top = [_group_line(g) for g in report.groups[:TOP]]
-    unexplained = [f"{c.in_window:,} row(s) of {c.table} ({c.operation}) counted without "
+    unexplained = [f"{c.in_window:,} statement(s) on {c.table} ({c.operation}) counted without "
                    "a sample" for c in report.counters if c.in_window][:TOP]
     if not force:
         more = len(report.groups) - TOP
@@ -724,13 +726,13 @@ def enforce_gate(conn: Conn, playbook: Playbook, force: bool) -> dict[str, Any] 
             listed += f"\n  - and {more} more group(s)"
         raise GateClosed(
             f"enforce refused: observe recorded would-be violations in {window} "
-            f"({report.statements} statement(s), {report.rejected_rows:,} rejected row(s)); "
+            f"({report.statements} statement(s), {report.counted_statements:,} statement(s) counted); "
             f"these code paths would see no rows or fail their writes once enforced:{listed}"
             f"\nSee them all: rls-migrate report PLAYBOOK --since "
             f"{window.removeprefix('the last ')}. Fix them and wait for a clean window, or "
             "run apply with --force to enforce anyway (the override is journaled).")
     return {"gate": "clean observe report", "forced": True, "window": window,
-            "statements": report.statements, "rejected_rows": report.rejected_rows,
+            "statements": report.statements, "counted_statements": report.counted_statements,
             "top": top or unexplained}
 
 

@@ -24,7 +24,8 @@ from rls_migrate.steps import Step
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC = Path(sys.executable).with_name("alembic")
 TABLES = {"runs", "journal", "step_state", "backfill_checkpoint", "backfill_batches",
-          "anomalies", "alembic_version", "violation_samples", "counter_snapshots"}
+          "anomalies", "alembic_version", "violation_samples", "counter_snapshots",
+          "verdicts"}
 HEAD = "0004"
 
 

@@ -212,7 +212,7 @@ def test_report_groups_counts_and_windows(db: ObserveDb) -> None:
     assert "| 3 | public.issues | read | no_context | app_user | api |" in markdown
     data = json.loads(render_json(report))
     assert data["clean"] is False and data["statements"] == 5
-    assert data["groups"][1]["example"]["row_tenant"] == "2"
+    assert data["groups"][1]["example"]["context"] == "1"
 
 
 def test_a_server_log_adds_what_samples_miss_and_counts_each_recording_once(
@@ -237,26 +237,25 @@ def test_a_server_log_adds_what_samples_miss_and_counts_each_recording_once(
 
 def test_counters_are_measured_from_the_last_snapshot_before_the_window(db: ObserveDb) -> None:
     first = report_of(db, HOUR)  # saves a snapshot of the counters
-    assert first.clean and first.rejected_rows == 0
+    assert first.clean and first.counted_statements == 0
     time.sleep(1.2)
     with db.app("read-only-job") as conn:
         conn.execute("SET default_transaction_read_only = on")
         conn.execute("SELECT count(*) FROM labels").fetchone()
         flush_stats(conn)
-    labels = db.scalar("SELECT count(*) FROM labels")
     deadline = time.monotonic() + 10
     while True:
         second = report_of(db, dt.timedelta(seconds=1))
-        if second.rejected_rows or time.monotonic() > deadline:
+        if second.counted_statements or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    # No sample (read-only), but every row counted since the first snapshot.
-    assert second.groups == () and second.rejected_rows == labels and not second.clean
+    # No sample (read-only), but the statement counted since the first snapshot.
+    assert second.groups == () and second.counted_statements == 1 and not second.clean
     assert any("without a sample" in note for note in second.notes)
     time.sleep(1.2)
     third = report_of(db, dt.timedelta(seconds=1))  # measured from the second's snapshot
-    assert third.clean and third.rejected_rows == 0
-    assert report_of(db, None).rejected_rows == labels  # everything: since the stats reset
+    assert third.clean and third.counted_statements == 0
+    assert report_of(db, None).counted_statements == 1  # everything: since the stats reset
 
 
 def test_cli_report_exit_codes(db: ObserveDb, tmp_path: Path,
