@@ -44,6 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
@@ -298,13 +299,13 @@ class _Filler:
             return rng.randbytes(8)
         if base in ("text", "varchar", "bpchar", "citext"):
             if unique:
-                text = f"{col.name[:12]}-{n}"
+                text = f"{n}-{col.name}"  # the number first: a length limit keeps it
             else:
                 text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4)))
             return text[: col.length] if col.length else text
         raise ValueError(f"{table}.{col.name}: the filler cannot make a {col.type}")
 
-    def _key_text(self, col: _Column) -> str:
+    def _key_text(self) -> str:
         """A text primary key the application makes: a cuid (Prisma) by default."""
         return "c" + "".join(self.rng.choice(string.ascii_lowercase + string.digits)
                              for _ in range(24))
@@ -318,74 +319,25 @@ class _Filler:
         tenant = rng.choice(roots) if roots and name in self.tenant_tables \
             and name != spec.root else None
         row: Row = {}
-        owned: list[tuple[_Ref, Row]] = []  # one-to-one rows this row takes
-        for ref in table.refs:
-            if any(c in row for c in ref.columns):
-                continue
-            if (name, ref.columns) in deferred:  # set by an UPDATE once its rows exist
-                row.update(dict.fromkeys(ref.columns))
-                continue
-            nullable = all(not table.columns[c].not_null for c in ref.columns)
-            share = spec.null_share.get((name, ref.columns[0]), spec.default_null_share)
-            if nullable and rng.random() < share:
-                parent = None
-            else:
-                candidates = self._candidates(ref, tenant)
-                if self._unique(table, ref.columns):
-                    used = self.used[(ref.table, ref.ref_columns)]
-                    candidates = [r for r in candidates
-                                  if tuple(r[c] for c in ref.ref_columns) not in used]
-                if not candidates:
-                    if not nullable:
-                        return None  # no parent left for this tenant: no row
-                    parent = None
-                else:
-                    parent = rng.choice(candidates)
-            for col, ref_col in zip(ref.columns, ref.ref_columns, strict=True):
-                row[col] = None if parent is None else parent[ref_col]
-            if parent is not None and ref.table not in self.tenant_tables \
-                    and self._unique(table, ref.columns):
-                owned.append((ref, parent))
+        owned = self._parents(table, row, tenant, deferred)
+        if owned is None:
+            return None
         for (poly_table, id_column), (type_column, targets) in spec.polymorphic.items():
-            if poly_table != name:
-                continue
-            kind = rng.choice(sorted(targets))
-            rows = self.made.get(targets[kind], [])
-            if tenant is not None:
-                rows = [r for r in rows if self.tenant_of(targets[kind], r) == tenant]
-            if not rows:
-                return None
-            target = rng.choice(rows)
-            row[type_column], row[id_column] = kind, target["id"]
-            if tenant is None:  # the row belongs to its target's tenant
-                tenant = self.tenant_of(targets[kind], target)
-        for col in table.columns.values():
-            if col.name in row or col.generated:
-                continue
-            if col.identity or (col.has_default and col.name in table.primary_key):
-                continue  # the database makes it
-            if (name, col.name) in spec.generators:
-                continue
-            unique = any(col.name in u for u in table.uniques)
-            share = spec.null_share.get((name, col.name), spec.default_null_share)
-            if not col.not_null and not unique and rng.random() < share:
-                row[col.name] = None
-            elif col.name in table.primary_key and col.base in ("text", "varchar"):
-                row[col.name] = self._key_text(col)
-            else:
-                row[col.name] = self.value(name, col, unique)
-        for (gen_table, column), generate in spec.generators.items():
+            if poly_table == name:
+                found = self._polymorphic(table, row, tenant, id_column, type_column, targets)
+                if found is False:
+                    return None
+                tenant = tenant if tenant is not None else found
+        self._values(table, row)
+        for (gen_table, gen_column), generate in spec.generators.items():
             if gen_table == name:
-                row[column] = generate(RowContext(name, row, tenant, rng, self.made,
-                                                  self.tenant_of))
-        for unique in table.uniques:
-            if all(c in row for c in unique):
-                key = tuple(row[c] for c in unique)
-                if None not in key and key in self.seen[(name, unique)]:
-                    return None  # a duplicate: the caller draws again
-        for unique in table.uniques:
-            if all(c in row for c in unique):
-                self.seen[(name, unique)].add(tuple(row[c] for c in unique))
+                row[gen_column] = generate(RowContext(name, row, tenant, rng, self.made,
+                                                      self.tenant_of))
+        keys = [(u, tuple(row[c] for c in u)) for u in table.uniques if all(c in row for c in u)]
+        if any(None not in key and key in self.seen[(name, u)] for u, key in keys):
+            return None  # a duplicate: the caller draws again
+        for u, key in keys:
+            self.seen[(name, u)].add(key)
         for ref in table.refs:
             if self._unique(table, ref.columns) and all(row.get(c) is not None
                                                         for c in ref.columns):
@@ -394,6 +346,72 @@ class _Filler:
             self.tenant[(ref.table, id(parent))] = tenant
         row["__tenant__"] = tenant
         return row
+
+    def _parents(self, table: _Table, row: Row, tenant: Any,
+                 deferred: set[tuple[str, tuple[str, ...]]]) -> list[tuple[_Ref, Row]] | None:
+        """Set every reference of ``row`` to a parent of its tenant (or NULL where nullable);
+        the one-to-one rows it takes, or None when a required parent is missing."""
+        spec, rng = self.spec, self.rng
+        owned: list[tuple[_Ref, Row]] = []
+        for ref in table.refs:
+            if any(c in row for c in ref.columns):
+                continue
+            if (table.name, ref.columns) in deferred:  # set by an UPDATE once its rows exist
+                row.update(dict.fromkeys(ref.columns))
+                continue
+            nullable = all(not table.columns[c].not_null for c in ref.columns)
+            share = spec.null_share.get((table.name, ref.columns[0]), spec.default_null_share)
+            parent: Row | None = None
+            if not (nullable and rng.random() < share):
+                candidates = self._candidates(ref, tenant)
+                if self._unique(table, ref.columns):
+                    used = self.used[(ref.table, ref.ref_columns)]
+                    candidates = [r for r in candidates
+                                  if tuple(r[c] for c in ref.ref_columns) not in used]
+                if candidates:
+                    parent = rng.choice(candidates)
+                elif not nullable:
+                    return None  # no parent left for this tenant: no row
+            for column, ref_column in zip(ref.columns, ref.ref_columns, strict=True):
+                row[column] = None if parent is None else parent[ref_column]
+            if parent is not None and ref.table not in self.tenant_tables \
+                    and self._unique(table, ref.columns):
+                owned.append((ref, parent))
+        return owned
+
+    def _polymorphic(self, table: _Table, row: Row, tenant: Any, id_column: str,
+                     type_column: str, targets: Mapping[Any, str]) -> Any:
+        """Point a ``*_type`` + ``*_id`` pair at a row of the tenant (any row when the row
+        has no tenant yet); returns that row's tenant, False when there is none."""
+        kind = self.rng.choice(sorted(targets))
+        rows = self.made.get(targets[kind], [])
+        if tenant is not None:
+            rows = [r for r in rows if self.tenant_of(targets[kind], r) == tenant]
+        if not rows:
+            return False
+        target = self.rng.choice(rows)
+        key = target["id"]  # a text object id (Django's admin log) holds its text
+        row[type_column] = kind
+        row[id_column] = str(key) if table.columns[id_column].base in (
+            "text", "varchar") else key
+        return self.tenant_of(targets[kind], target)
+
+    def _values(self, table: _Table, row: Row) -> None:
+        """Every other column from its type (NULL sometimes where nullable)."""
+        spec = self.spec
+        for col in table.columns.values():
+            if col.name in row or col.generated or (table.name, col.name) in spec.generators:
+                continue
+            if col.identity or (col.has_default and col.name in table.primary_key):
+                continue  # the database makes it
+            unique = any(col.name in u for u in table.uniques)
+            share = spec.null_share.get((table.name, col.name), spec.default_null_share)
+            if not col.not_null and not unique and self.rng.random() < share:
+                row[col.name] = None
+            elif col.name in table.primary_key and col.base in ("text", "varchar"):
+                row[col.name] = self._key_text()
+            else:
+                row[col.name] = self.value(table.name, col, unique)
 
     def _unique(self, table: _Table, columns: tuple[str, ...]) -> bool:
         return any(set(u) <= set(columns) for u in table.uniques)
@@ -404,7 +422,7 @@ class _Filler:
         query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
             sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, columns)),
             sql.SQL(", ").join(sql.Placeholder() * len(columns)))
-        with self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        with self.conn.cursor(row_factory=dict_row) as cur:
             cur.executemany(query, [[r[c] for c in columns] for r in rows], returning=True)
             for row in rows:
                 stored = cur.fetchone()
@@ -458,15 +476,22 @@ def fill(conn: Conn, spec: FillSpec, schema: str = "public") -> dict[str, int]:
         raise ValueError(f"FillSpec.rows names tables that do not exist: {unknown}")
     order, deferred = _order(tables, list(spec.rows), spec.polymorphic)
     filler = _Filler(conn, spec, tables)
+    for name in sorted(set(tables) - set(spec.rows)):
+        # Rows that were there before (Django's content types): parents like any other.
+        with conn.cursor(row_factory=dict_row) as cur:
+            filler.made[name] = cur.execute(
+                sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name))).fetchall()
+        for row in filler.made[name]:
+            filler.by_tenant[(name, None)].append(row)
     counts: dict[str, int] = {}
     for name in order:
         rows: list[Row] = []
         attempts = 0
         while len(rows) < spec.rows[name] and attempts < spec.rows[name] * 20:
             attempts += 1
-            row = filler.make_row(name, deferred)
-            if row is not None:
-                rows.append(row)
+            made = filler.make_row(name, deferred)
+            if made is not None:
+                rows.append(made)
         if rows:
             filler.insert(name, rows)
         counts[name] = len(rows)

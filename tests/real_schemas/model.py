@@ -30,10 +30,13 @@ class RealSchema:
 
     ``write_path(conn, tenant)`` runs what the application does in one request, statement by
     statement in its ORM's order, inside a transaction that already acts as the application
-    role with ``tenant`` set; it returns what it wrote (table -> rows) so a test can look.
+    role with ``tenant`` set; it returns by how many rows it changed the tables whose change
+    does not depend on the data (table -> rows added, net of what it deleted).
     ``history`` runs once after the filler: what the application did before the migration
     (deletions whose ``ON DELETE SET NULL`` or missing foreign keys leave NULL links and
-    orphans)."""
+    orphans). ``new_table`` is the first table the team adds after the migration, the way the
+    framework writes it (``check`` must name it); ``global_uniques`` are the unique indexes
+    an engineer of the app knows span tenants (``plan`` must name them among its risks)."""
 
     name: str
     ddl: Sequence[str]
@@ -41,6 +44,8 @@ class RealSchema:
     root: str  # the tenant root, as the playbook names it (schema-qualified)
     write_path: Callable[[Conn, Any], dict[str, int]]
     history: Callable[[Conn], None] | None = None
+    new_table: Sequence[str] = ()  # DDL of a table the team adds next month, holding tenant data
+    global_uniques: Sequence[tuple[str, str]] = ()  # (table, column): unique across tenants
 
     @property
     def playbook_path(self) -> Path:
@@ -86,9 +91,8 @@ def as_app(conn: Conn, tenant: Any, role: str = APP_ROLE) -> Iterator[Conn]:
         yield conn
 
 
-def one(conn: Conn, query: str | sql.Composable, params: Sequence[Any] = ()) -> Any:
+def one(conn: Conn, query: str, params: Sequence[Any] = ()) -> Any:
     """The first column of the one row ``query`` returns (an INSERT ... RETURNING id)."""
-    row = conn.execute(query.encode() if isinstance(query, str) else query,
-                       list(params)).fetchone()
+    row = conn.execute(query.encode(), list(params)).fetchone()
     assert row is not None, query
     return row[0]

@@ -270,8 +270,9 @@ def write_path(conn: Conn, organisation: Any) -> dict[str, int]:
         conn.execute('DELETE FROM "public"."Envelope" WHERE "public"."Envelope"."id" = %s',
                      [other[0]])
     _sign_up(conn)
-    return {"DocumentMeta": 1, "Envelope": 1, "DocumentData": 1, "EnvelopeItem": 1,
-            "Recipient": 1, "Field": 1, "Signature": 1, "DocumentAuditLog": 2, "Tag": 1}
+    return {"DocumentMeta": 1, "DocumentData": 1, "Tag": 1, "DocumentAuditLog": 3,
+            "Organisation": 1, "OrganisationClaim": 1, "OrganisationGlobalSettings": 1,
+            "OrganisationMember": 1, "TeamGlobalSettings": 1, "Team": 1}
 
 
 def _audit(conn: Conn, envelope: str, kind: str) -> None:
@@ -306,5 +307,13 @@ def _sign_up(conn: Conn) -> None:
     conn.execute("SELECT set_config('app.tenant_id', %s, true)", [previous])
 
 
+NEW_TABLE = (
+    f'CREATE TABLE "Webhook" ("id" TEXT NOT NULL, "webhookUrl" TEXT NOT NULL, "secret" TEXT, '
+    f'"enabled" BOOLEAN NOT NULL DEFAULT true, "createdAt" {_NOW}, "teamId" INTEGER NOT NULL, '
+    f'CONSTRAINT "Webhook_pkey" PRIMARY KEY ("id"))',
+    _fk("Webhook", "teamId", "Team"),
+)
+
 SCHEMA = RealSchema(name="prisma", ddl=DDL, fill=FILL, root='public."Organisation"',
-                    write_path=write_path, history=history)
+                    write_path=write_path, history=history, new_table=NEW_TABLE,
+                    global_uniques=(('public."Team"', "url"),))

@@ -301,9 +301,19 @@ def write_path(conn: Conn, account: Any) -> dict[str, int]:
     conn.execute('DELETE FROM "team_members" WHERE "team_members"."team_id" = %s', [team])
     conn.execute('DELETE FROM "teams" WHERE "teams"."id" = %s', [team])
     return {"contacts": 1, "conversations": 1, "messages": 1, "attachments": 1,
-            "active_storage_attachments": 1, "mentions": 1, "taggings": 1,
-            "reporting_events": 1, "articles": 1}
+            "active_storage_blobs": 1, "active_storage_attachments": 1, "mentions": 1,
+            "taggings": 1, "reporting_events": 1, "articles": 1, "teams": 0, "team_members": 0}
 
+
+NEW_TABLE = (
+    f'CREATE TABLE "macros" ("id" bigserial primary key, "account_id" bigint NOT NULL, "name" '
+    f'character varying NOT NULL, "actions" jsonb DEFAULT \'{{}}\' NOT NULL, "created_by_id" '
+    f'bigint, "created_at" {_TS}, "updated_at" {_TS})',
+    'CREATE INDEX "index_macros_on_account_id" ON "macros" ("account_id")',
+    'ALTER TABLE "macros" ADD CONSTRAINT "fk_rails_2f8f4c5a2b" FOREIGN KEY ("account_id") '
+    'REFERENCES "accounts" ("id")',
+)
 
 SCHEMA = RealSchema(name="rails", ddl=DDL, fill=FILL, root="public.accounts",
-                    write_path=write_path, history=history)
+                    write_path=write_path, history=history, new_table=NEW_TABLE,
+                    global_uniques=(("public.articles", "slug"), ("public.portals", "slug")))

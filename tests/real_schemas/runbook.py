@@ -8,6 +8,7 @@ Not a test module: :func:`run` is what ``tests/test_real_schemas.py`` calls.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,20 +48,16 @@ def column_checksums(dsn: str, columns: Columns) -> dict[str, str]:
     """``{table: "<rows>:<md5>"}`` over exactly ``columns`` of each table (order-independent),
     so a column the migration adds (even one named like an existing one elsewhere) never
     hides a change to an original column."""
-    out: dict[str, str] = {}
+    parts = [sql.SQL(
+        "SELECT {}::text, count(*) || ':' || md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
+        "FROM (SELECT md5(ROW({})::text) AS h FROM {} AS t) AS s").format(
+            sql.Literal(table), sql.SQL(", ").join(sql.Identifier("t", c) for c in cols),
+            sql.Identifier("public", table)) for table, cols in sorted(columns.items())]
     with psycopg.connect(dsn) as conn:
         for name, value in CANONICAL_SETTINGS:
             conn.execute("SELECT set_config(%s, %s, false)", [name, value])
-        for table, cols in sorted(columns.items()):
-            row_text = sql.SQL("ROW({})::text").format(
-                sql.SQL(", ").join(sql.Identifier("t", c) for c in cols))
-            row = conn.execute(sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
-                "FROM (SELECT md5({}) AS h FROM {} AS t) AS s").format(
-                    row_text, sql.Identifier("public", table))).fetchone()
-            assert row is not None
-            out[table] = f"{row[0]}:{row[1]}"
-    return out
+        rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+    return {str(table): str(value) for table, value in rows}
 
 
 @dataclasses.dataclass
@@ -69,9 +66,14 @@ class Outcome:
 
     schema: str
     passed: list[str] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    _last: float = dataclasses.field(default_factory=time.monotonic)
 
     def ok(self, step: str) -> None:
+        now = time.monotonic()
         self.passed.append(step)
+        self.seconds[step] = round(now - self._last, 2)
+        self._last = now
 
 
 def init_and_playbook(dsn: str, schema: RealSchema) -> tuple[Playbook, Playbook]:
