@@ -24,17 +24,10 @@ from test_observe import ObserveDb, cloned_db, flush_stats, sample_rows
 from rls_migrate.cli import main
 from rls_migrate.context import tenant_transaction
 from rls_migrate.errors import GateClosed
+from rls_migrate.gate import enforce_gate
 from rls_migrate.playbook import dump_playbook
-from rls_migrate.report import (
-    build_report,
-    enforce_gate,
-    normalize_statement,
-    parse_log_line,
-    read_log,
-    render_json,
-    render_markdown,
-    render_text,
-)
+from rls_migrate.report import build_report, normalize_statement, parse_log_line, read_log
+from rls_migrate.report_cli import render_json, render_markdown, render_text
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 
