@@ -480,10 +480,31 @@ def build_report(
             and not paths:
         notes.append("no server log was read, so no bound parameters: statements sent with "
                      "parameters cannot be replayed (give --log FILE or options.observe.logs)")
+    notes += _capture_notes(conn, playbook, ordered)
     return Report(database=str(database), generated_at=now, since=since, window_start=start,
                   groups=tuple(ordered), counters=tuple(counters),
                   counters_available=counters_available,
                   log_files=tuple(str(p) for p in paths), notes=tuple(notes))
+
+
+def _capture_notes(conn: Conn, playbook: Playbook, groups: Sequence[Group]) -> list[str]:
+    """The application role's parameter logging is gone from this database (a clone made
+    from a template, a restore without the cluster's globals): say so while it matters."""
+    size = playbook.options.observe.capture_parameters
+    if not size or not groups:
+        return []
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c"
+        " WHERE s.setrole = to_regrole(%s) AND s.setdatabase IN (0, (SELECT oid FROM"
+        " pg_database WHERE datname = current_database()))"
+        " AND c LIKE 'log\\_parameter\\_max\\_length\\_on\\_error=%%')",
+        [playbook.roles.app]).fetchone()
+    if row is not None and row[0]:
+        return []
+    return [f"{playbook.roles.app} has no log_parameter_max_length_on_error in this database "
+            "(a clone or a restore loses it): bound parameters are not logged, so such "
+            "statements stay unconfirmable; run `rls-migrate apply PLAYBOOK --stage observe` "
+            "again to set it"]
 
 
 def _same_database(v: Violation, database: str, identity: str | None) -> bool:

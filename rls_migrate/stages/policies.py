@@ -52,6 +52,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.errors import PlaybookError
+from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -109,26 +110,26 @@ def tenant_value(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     if col == key or (col in _INTEGERS and key in _INTEGERS):
         return value
     if _TEXTS.match(col):
-        return sql.SQL("({})::text").format(value)
-    raw = sql.SQL("NULLIF(current_setting({}, true), '')").format(sql.Literal(setting))
+        return compose("({})::text", value)
+    raw = compose("NULLIF(current_setting({}, true), '')", sql.Literal(setting))
     if key == "text" and col in _INTEGERS:
-        return sql.SQL("CASE WHEN {raw} ~ {shape} THEN ({raw})::bigint END").format(
+        return compose("CASE WHEN {raw} ~ {shape} THEN ({raw})::bigint END",
             raw=raw, shape=sql.Literal(_INTEGER_TEXT))
     if key == "text" and col == "uuid":
-        return sql.SQL("CASE WHEN {raw} ~ {shape} THEN ({raw})::uuid END").format(
+        return compose("CASE WHEN {raw} ~ {shape} THEN ({raw})::uuid END",
             raw=raw, shape=sql.Literal(_UUID_TEXT))
     if (key == "uuid" and col in _INTEGERS) or (key in _INTEGERS and col == "uuid"):
         raise PlaybookError(
             f"tables.{entry.qname}: its tenant column {entry.column} is {col}, but the tenant "
             f"key ({ctx.playbook.tenant.key}) is {key}: no tenant value can match both; "
             "convert the column, or correct tenant.key_type")
-    return sql.SQL("({})::{}").format(value, sql.SQL(col))
+    return compose("({})::{}", value, sql.SQL(col))
 
 
 def tenant_match(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     """``col = (SELECT <current tenant>)``: the sub-select is an InitPlan, so the setting is
     read once per statement, and the comparison can use a tenant-leading index."""
-    return sql.SQL("{} = (SELECT {})").format(sql.Identifier(entry.column),
+    return compose("{} = (SELECT {})", sql.Identifier(entry.column),
                                               tenant_value(ctx, entry))
 
 
@@ -145,14 +146,14 @@ def recorder_name(entry: TenantTable, operation: str) -> str:
 
 def recorder_signature(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
     """``rls_migrate.observe_r_x(name)``, for GRANT and DROP FUNCTION."""
-    return sql.SQL("{}(name)").format(recorder(entry, operation))
+    return compose("{}(name)", recorder(entry, operation))
 
 
 def legacy_recorder_signature(ctx: PlanContext, entry: TenantTable,
                               operation: str) -> sql.Composed:
     """The signature earlier versions gave the recorder (``(<root key type>, name)``, called
     once per row): dropped when observe or the kill switch installs the current one."""
-    return sql.SQL("{}({}, name)").format(recorder(entry, operation),
+    return compose("{}({}, name)", recorder(entry, operation),
                                           sql.SQL(ctx.key_column_type()))
 
 
@@ -173,12 +174,12 @@ def observe_expression(ctx: PlanContext, entry: TenantTable, operation: str) -> 
       cheap leakproof user quals first only when they are cheaper than the policy, would run
       the policy first, and record every other tenant's row that the user's own filter was
       about to drop."""
-    record = sql.SQL("{}(current_user)").format(recorder(entry, operation))
-    return sql.SQL(
+    record = compose("{}(current_user)", recorder(entry, operation))
+    return compose(
         "({match}) OR (nullif(num_nonnulls((SELECT CASE current_setting({mode}, true)"
         " WHEN 'enforce' THEN NULL::boolean"
         " WHEN 'quiet' THEN has_schema_privilege(session_user, {schema}, 'USAGE') OR {record}"
-        " ELSE {record} END)), 0) IS NOT NULL)").format(
+        " ELSE {record} END)), 0) IS NOT NULL)",
         match=tenant_match(ctx, entry), mode=sql.Literal(MODE_SETTING),
         schema=sql.Literal(TOOLKIT_SCHEMA), record=record)
 
@@ -218,7 +219,7 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
     query_id = (sql.SQL("(SELECT a.query_id FROM pg_stat_clear_snapshot() c,"
                         " pg_stat_get_activity(pg_backend_pid()) a)")
                 if ctx.catalog.major >= 14 else sql.SQL("NULL::bigint"))
-    body = sql.SQL(
+    body = compose(
         "DECLARE\n"
         "  stamp text;\n"
         "  seen_at timestamptz;\n"
@@ -266,16 +267,16 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
         "  END IF;\n"
         "  RETURN true;\n"
         "END"
-    ).format(setting=sql.Literal(ctx.playbook.tenant.setting), marker=sql.Literal(marker),
+    , setting=sql.Literal(ctx.playbook.tenant.setting), marker=sql.Literal(marker),
              chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
              message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
              table=sql.Literal(str(entry.qname)), op=sql.Literal(operation),
              samples=sql.Identifier(TOOLKIT_SCHEMA, SAMPLES_TABLE))
-    return sql.SQL(
+    return compose(
         "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS boolean"
         " LANGUAGE plpgsql VOLATILE SECURITY DEFINER COST 1"
         " SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS {body}"
-    ).format(fn=recorder(entry, operation), body=sql.Literal(body.as_string(None)))
+    , fn=recorder(entry, operation), body=sql.Literal(body.as_string(None)))
 
 
 def install_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
@@ -284,14 +285,14 @@ def install_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composab
     out: list[sql.Composable] = []
     for operation in OPERATIONS:
         out += [recorder_function(ctx, entry, operation),
-                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(
+                compose("GRANT EXECUTE ON FUNCTION {} TO PUBLIC",
                     recorder_signature(ctx, entry, operation))]
     return out
 
 
 def drop_legacy_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
     """After the policy stopped calling them (a function a policy uses cannot be dropped)."""
-    return [sql.SQL("DROP FUNCTION IF EXISTS {}").format(
+    return [compose("DROP FUNCTION IF EXISTS {}",
         legacy_recorder_signature(ctx, entry, operation)) for operation in OPERATIONS]
 
 
