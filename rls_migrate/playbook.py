@@ -268,6 +268,11 @@ class IndexOptions(Strict):
         description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "
                     "parent_id) -> parent (tenant, id): a child's tenant always equals its "
                     "parent's")
+    tenant_primary_keys: bool = Field(
+        default=False,
+        description="PRIMARY KEY (tenant, id) on every tenant table, with the foreign keys "
+                    "that reference it re-pointed to the composite key (what Citus needs): "
+                    "built concurrently, swapped in one short transaction")
 
 
 class Options(Strict):
