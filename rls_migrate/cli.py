@@ -201,10 +201,11 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
         if target == "citus":
-            from rls_migrate.citus.render import RENDERERS as CITUS
             from rls_migrate.citus.readiness import readiness_of
+            from rls_migrate.citus.render import RENDERERS as CITUS
 
-            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook)), conn)
+            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
+                              conn)
         else:
             the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
             text = RENDERERS[fmt](the_plan, catalog, conn)

@@ -18,19 +18,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable
+from typing import Any
+
+import psycopg
 
 from rls_migrate.catalog import Catalog, ForeignKey, QualifiedName, Table
 from rls_migrate.playbook import Playbook, check_against_catalog
 from rls_migrate.stages.add_column import SYNC_TRIGGER_PREFIX
 from rls_migrate.stages.common import PlanContext, TenantTable
+from rls_migrate.stages.sync_retire import PROBE_PREFIX, watch_readings_sql
 
 DISTRIBUTED = "distributed"
 REFERENCE = "reference"
 LOCAL = "local"
-
-PROBE_TRIGGER_PREFIX = "rls_migrate_probe_"
-"""The toolkit's watch on a sync trigger (stages/tenant_keys.py): counts rows that arrive
-without the tenant. It sorts before ``rls_migrate_sync_``, so it sees the row first."""
 
 TENANT_PK_OPTION = "options.index.tenant_primary_keys: true"
 SYNC_TRIGGERS_OPTION = "options.index.sync_triggers"
@@ -99,15 +99,29 @@ class Readiness:
 # --------------------------------------------------------------------------- classification
 
 
-def readiness_of(catalog: Catalog, playbook: Playbook, *, source: str = "playbook"
-                 ) -> Readiness:
-    """Check the playbook against the catalog (the same errors as ``plan``), then assess."""
+def readiness_of(catalog: Catalog, playbook: Playbook, *, source: str = "playbook",
+                 conn: psycopg.Connection[Any] | None = None) -> Readiness:
+    """Check the playbook against the catalog (the same errors as ``plan``), then assess.
+    With ``conn``, a watched sync trigger's blocker says what its watch counted (reads only)."""
     check_against_catalog(playbook, catalog, source)
-    return assess(PlanContext(catalog, playbook))
+    ctx = PlanContext(catalog, playbook)
+    readings: dict[QualifiedName, str] = {}
+    if conn is not None:
+        for entry, query in watch_readings_sql(ctx):
+            row = conn.execute(query).fetchone()
+            if row is not None:
+                since, inserted, missing, watched = row
+                verdict = ("none did: it can go (sync_triggers: drop)" if not missing and
+                           inserted else "not proven yet")
+                readings[entry.qname] = (
+                    f"watched since {since:%Y-%m-%d %H:%M} ({float(watched) / 60:.0f} min): "
+                    f"{inserted} row(s) inserted, {missing} without {entry.column}; {verdict}")
+    return assess(ctx, readings)
 
 
-def assess(ctx: PlanContext) -> Readiness:
-    """The readiness report of ``ctx``'s database under its playbook."""
+def assess(ctx: PlanContext, watches: dict[QualifiedName, str] | None = None) -> Readiness:
+    """The readiness report of ``ctx``'s database under its playbook. ``watches``: what the
+    watch on a table's sync trigger counted, to show with its blocker."""
     catalog, playbook = ctx.catalog, ctx.playbook
     root = ctx.root
     tenant = {e.qname: e for e in ctx.tenant_tables}
@@ -139,7 +153,8 @@ def assess(ctx: PlanContext) -> Readiness:
                    "with it" if is_root else
                    f"tenant data ({entry.strategy}): distributed by {entry.column}, colocated "
                    f"with {root} so a tenant's rows of every table live on one node")
-            blockers = _distributed_blockers(ctx, entry, dist_col, reference)
+            blockers = _distributed_blockers(ctx, entry, dist_col, reference,
+                                             (watches or {}).get(qname))
             entries[qname] = TableReadiness(
                 qname, DISTRIBUTED, why, dist_col[qname], None if is_root else root,
                 rows=table.row_estimate, size_bytes=table.size_bytes,
@@ -210,7 +225,7 @@ def _runbook_order(entries: dict[QualifiedName, TableReadiness],
 
 def _distributed_blockers(ctx: PlanContext, entry: TenantTable,
                           dist_col: dict[QualifiedName, str],
-                          reference: set[QualifiedName]) -> list[Blocker]:
+                          reference: set[QualifiedName], watch: str | None) -> list[Blocker]:
     table, col = entry.table, dist_col[entry.qname]
     is_root = entry.strategy == "root"
     out: list[Blocker] = []
@@ -248,7 +263,7 @@ def _distributed_blockers(ctx: PlanContext, entry: TenantTable,
     for fk in table.foreign_keys:
         out.extend(_foreign_key_blockers(ctx, entry, fk, dist_col, reference))
     out.extend(_column_blockers(ctx, entry, col))
-    out.extend(_trigger_blockers(ctx, entry))
+    out.extend(_trigger_blockers(ctx, entry, watch))
     if table.is_partitioned:
         out.append(Blocker(
             "partitioned", f"{entry.qname} is partitioned ({len(table.partitions)} "
@@ -379,15 +394,17 @@ def _column_blockers(ctx: PlanContext, entry: TenantTable, col: str) -> list[Blo
     return out
 
 
-def _trigger_blockers(ctx: PlanContext, entry: TenantTable) -> list[Blocker]:
+def _trigger_blockers(ctx: PlanContext, entry: TenantTable, watch: str | None
+                      ) -> list[Blocker]:
     out: list[Blocker] = []
     for trig in entry.table.triggers:
-        if trig.name.startswith(PROBE_TRIGGER_PREFIX):
+        if trig.name.startswith(PROBE_PREFIX):
             continue  # reported with the sync trigger it watches
         if trig.name.startswith(SYNC_TRIGGER_PREFIX):
             out.append(Blocker(
                 "sync_trigger", f"the toolkit's sync trigger {trig.name} (fills "
-                f"{entry.column} from {entry.parent.qname if entry.parent else 'the parent'})",
+                f"{entry.column} from {entry.parent.qname if entry.parent else 'the parent'})"
+                + (f"; {watch}" if watch else ""),
                 "Citus refuses triggers on distributed tables unless citus.enable_unsafe_"
                 f"triggers is on. Once the application writes {entry.column} itself it can "
                 f"go: {SYNC_TRIGGERS_OPTION}: watch (counts rows that arrive without it), "

@@ -51,6 +51,7 @@ from rls_migrate.stages.common import (
     regclass_literal,
     rows_estimate,
 )
+from rls_migrate.stages.sync_retire import sync_steps
 from rls_migrate.steps import Estimate, Lock, StagePlan, Step
 
 SUFFIX = "_rlsm_tenant"
@@ -477,11 +478,14 @@ def extend(index_plan: Callable[[PlanContext], StagePlan]
     them (nothing changes otherwise)."""
     def plan(ctx: PlanContext) -> StagePlan:
         opts = ctx.playbook.options.index
-        if not opts.tenant_primary_keys:
+        if not opts.tenant_primary_keys and opts.sync_triggers == "keep":
             return index_plan(ctx)
         check_options(ctx)
         base = index_plan(ctx)
         notes = list(base.notes)
-        steps = [*base.steps, *key_steps(ctx, notes)]
+        steps = list(base.steps)
+        if opts.tenant_primary_keys:
+            steps += key_steps(ctx, notes)
+        steps += sync_steps(ctx, notes)
         return dataclasses.replace(base, steps=tuple(steps), notes=tuple(notes))
     return plan
