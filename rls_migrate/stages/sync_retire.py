@@ -59,7 +59,7 @@ def _seq_text(entry: TenantTable, kind: str) -> sql.Literal:
 def _restart(entry: TenantTable) -> sql.Composed:
     """SQL statements (for a PL/pgSQL body) that start the watch over from now."""
     return compose(
-        "PERFORM setval({since}, extract(epoch FROM now())::bigint, true),"
+        "PERFORM setval({since}, floor(extract(epoch FROM now()))::bigint, true),"
         " setval({base}, {ins}, true), setval({missing}, 0, true);",
         since=_seq_text(entry, "since"), base=_seq_text(entry, "base"),
         missing=_seq_text(entry, "missing"), ins=_inserted_sql(entry))
@@ -192,13 +192,15 @@ def sync_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
         return []
     creates = {step.table: step.statements for step in add_column.plan(ctx).steps
                if step.kind == "sync_trigger"}
-    steps: list[Step] = []
+    watches: list[Step] = []
+    drops: list[Step] = []
     for entry in ctx.tenant_tables:
         if not entry.added or entry.qname not in creates:
             continue
-        steps.append(watch_step(ctx, entry))
+        watches.append(watch_step(ctx, entry))
         if mode == "drop":
-            steps.append(drop_step(ctx, entry, creates[entry.qname]))
+            drops.append(drop_step(ctx, entry, creates[entry.qname]))
+    steps = watches + drops
     if mode == "watch" and steps:
         notes.append("sync_triggers: watch: `rls-migrate plan --target citus` shows, per table, "
                      "how many rows arrived without the tenant since; set sync_triggers: drop "

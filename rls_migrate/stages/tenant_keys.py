@@ -395,6 +395,14 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
         notes.append("tenant_primary_keys: the primary key (tenant, id) serves what the "
                      "tenant index (tenant, id) does; with options.index.tenant_index: tenant "
                      "the stage builds the smaller (tenant) one")
+        deadlock_ms = _setting_ms(ctx.catalog.settings.get("deadlock_timeout"))
+        if repoints and deadlock_ms is not None and deadlock_ms <= lock_ms:
+            notes.append(
+                f"deadlock_timeout ({deadlock_ms:g} ms) is not above lock_timeout "
+                f"({lock_ms:g} ms): dropping a foreign key locks the child and the parent, and "
+                "an application statement that locks them in the other order can then be the "
+                "deadlock's victim instead of the toolkit giving up first; keep lock_timeout "
+                "below deadlock_timeout (default 1 s)")
     return builds + adds + validates + drops + swaps_out
 
 
@@ -423,15 +431,17 @@ def _swap_step(ctx: PlanContext, swap: KeySwap, into: list[Repoint], lock_ms: fl
                   compose("ALTER TABLE {} VALIDATE CONSTRAINT {}", rp.child.ident,
                           sql.Identifier(rp.name)),
                   _set_lock_timeout(lock_ms)]
-    drop_composites = sql.SQL(" ").join(
-        compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {};", rp.child.ident,
-                sql.Identifier(rp.composite_name)) for rp in into)
+    # One transaction each (autocommit): a transaction that locks several tables one after
+    # the other is a deadlock waiting for an application statement that locks them in the
+    # other order.
+    drop_composites = [compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", rp.child.ident,
+                               sql.Identifier(rp.composite_name)) for rp in into]
     swap_back = _do(compose(
         "IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {t} AND conname = {n}) THEN"
-        " {drops} ALTER TABLE {table} DROP CONSTRAINT {new}, ADD CONSTRAINT {old} PRIMARY KEY"
+        " ALTER TABLE {table} DROP CONSTRAINT {new}, ADD CONSTRAINT {old} PRIMARY KEY"
         " USING INDEX {old}; END IF;",
-        t=regclass_literal(entry.qname), n=sql.Literal(swap.new_name), drops=drop_composites,
-        table=entry.ident, new=new, old=old))
+        t=regclass_literal(entry.qname), n=sql.Literal(swap.new_name), table=entry.ident,
+        new=new, old=old))
     return Step(
         id=f"swap_primary_key:{entry.qname}:{swap.new_name}",
         stage="index",
@@ -446,14 +456,14 @@ def _swap_step(ctx: PlanContext, swap: KeySwap, into: list[Repoint], lock_ms: fl
         done_check=constraint_exists_check(entry.qname, swap.new_name),
         # Back: the old key's index again, concurrently (no lock_timeout: a build waits for
         # older transactions and blocks no query); the original foreign keys back into it
-        # (NOT VALID under lock_timeout, then validated); then one short transaction drops
-        # the composite keys into this table and swaps the key back. Every part is skipped
-        # when already done, so a retry or a rerun after a kill converges.
+        # (NOT VALID under lock_timeout, then validated); the composite keys into this table
+        # dropped; then one short transaction swaps the key back. Every part is skipped when
+        # already done, so a retry or a rerun after a kill converges.
         inverse=(_set_lock_timeout(lock_ms), _drop_invalid(entry.qname, swap.old_name),
                  _set_lock_timeout(0),
                  compose("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})", old,
                          entry.ident, columns_sql(swap.old_columns)),
-                 _set_lock_timeout(lock_ms), *readd, swap_back),
+                 _set_lock_timeout(lock_ms), *readd, *drop_composites, swap_back),
         inverse_transactional=False,
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         estimate=Estimate(seconds=0.01),
@@ -461,6 +471,14 @@ def _swap_step(ctx: PlanContext, swap: KeySwap, into: list[Repoint], lock_ms: fl
             "the swap only changes the catalog",
         risks=tuple(risks),
     )
+
+
+def _setting_ms(value: str | None) -> float | None:
+    """A millisecond setting as pg_settings gives it (``1000``)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def check_options(ctx: PlanContext) -> None:
