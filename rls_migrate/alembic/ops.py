@@ -773,7 +773,8 @@ class _NoJournal(Journal):
 def _create_index_concurrently(operations: Operations,
                                operation: CreateIndexConcurrentlyOp) -> None:
     from rls_migrate.executor import Executor
-    from rls_migrate.stages.index import IndexShape, _index_steps
+    from rls_migrate.stages.index.shapes import IndexShape
+    from rls_migrate.stages.index.tenant_index import index_steps
 
     what = "create_index_concurrently"
     require_online(operations, what)
@@ -784,9 +785,9 @@ def _create_index_concurrently(operations: Operations,
         options = options_from()
         qname = qualified(conn, operation.table_name, operation.schema)
         ctx, entry = target(conn, qname, operation.columns[0], options=options)
-        steps = _index_steps(ctx, entry, operation.index_name,
-                             IndexShape.of_columns(operation.columns), f"op.{what}",
-                             unique=operation.unique)
+        steps = index_steps(ctx, entry, operation.index_name,
+                            IndexShape.of_columns(operation.columns), f"op.{what}",
+                            unique=operation.unique)
         with translated_errors():
             Executor(conn, options, _NoJournal(conn)).run(StagePlan("index", tuple(steps)))
 
