@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from rls_migrate.executor import Executor, StepOutcome, _now, _Trace, drop_invalid_index
+from rls_migrate.executor import Executor, StepOutcome, _now, _Trace
 from rls_migrate.steps import Step
 
 PROGRESS_INTERVAL_S = 0.5
@@ -178,6 +179,25 @@ def run_create_index(executor: Executor, step: Step) -> StepOutcome:
         "phases": watcher.phases,
         "waited_for_pids": watcher.waited_for,
     })
+
+
+def drop_invalid_index(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    """Drop ``schema.name`` concurrently if it exists and is INVALID (what a failed or
+    interrupted ``CREATE INDEX CONCURRENTLY`` leaves). ``conn`` must be in autocommit.
+    Returns whether it dropped one."""
+    row = conn.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        [schema, name],
+    ).fetchone()
+    if not row or not row[0]:
+        return False
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+    )
+    return True
 
 
 def _drop_leftover(executor: Executor, step: Step, error: BaseException) -> None:
