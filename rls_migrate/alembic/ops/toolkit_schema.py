@@ -66,9 +66,8 @@ def _upgrade_schema(operations: Operations, operation: UpgradeRlsMigrateSchemaOp
 def _downgrade_schema(operations: Operations, operation: DowngradeRlsMigrateSchemaOp) -> None:
     from alembic import command
 
+    from rls_migrate.alembic.runtime import _HAVE_SCHEMA, keep_alembic_proxies
     from rls_migrate.journal import alembic_config
-
-    from .runtime import _HAVE_SCHEMA, keep_alembic_proxies
 
     _HAVE_SCHEMA.discard(driver_connection(operations, "downgrade_rls_migrate_schema"))
     with translated_errors(), keep_alembic_proxies():
