@@ -497,7 +497,7 @@ def test_tenant_primary_keys_refuse_tenant_foreign_keys_too(tutorial_db: str) ->
 
 
 def _constraints(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+    return [(str(r[0]), str(r[1])) for r in conn.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
         " ORDER BY conname", [table]).fetchall()]
 

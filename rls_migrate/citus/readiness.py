@@ -24,9 +24,9 @@ import psycopg
 
 from rls_migrate.catalog import Catalog, ForeignKey, QualifiedName, Table
 from rls_migrate.playbook import Playbook, check_against_catalog
-from rls_migrate.stages.add_column import SYNC_TRIGGER_PREFIX
 from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.sync_retire import PROBE_PREFIX, watch_readings_sql
+from rls_migrate.stages.sync_trigger import OWNER_TRIGGER_PREFIX, SYNC_TRIGGER_PREFIX
 
 DISTRIBUTED = "distributed"
 REFERENCE = "reference"
@@ -409,6 +409,14 @@ def _trigger_blockers(ctx: PlanContext, entry: TenantTable, watch: str | None
                 f"triggers is on. Once the application writes {entry.column} itself it can "
                 f"go: {SYNC_TRIGGERS_OPTION}: watch (counts rows that arrive without it), "
                 "then drop (refused while any recent row needed the trigger)", online=True))
+        elif trig.name.startswith(OWNER_TRIGGER_PREFIX):
+            out.append(Blocker(
+                "sync_trigger", f"the toolkit's owner trigger {trig.name} (gives this row's "
+                "tenant to the row it points at, strategy owned)",
+                "Citus refuses triggers on distributed tables unless citus.enable_unsafe_"
+                "triggers is on: once the application writes the owned row's tenant itself, "
+                f"DROP TRIGGER {trig.name} (sync_triggers: drop retires only the "
+                f"{SYNC_TRIGGER_PREFIX}* triggers)"))
         else:
             out.append(Blocker(
                 "trigger", f"trigger {trig.name} ({trig.timing} {' OR '.join(trig.events)}, "

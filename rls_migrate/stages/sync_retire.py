@@ -36,6 +36,7 @@ from rls_migrate.stages.common import (
     regclass_literal,
     trigger_exists_check,
 )
+from rls_migrate.stages.sync_trigger import sync_trigger_name
 from rls_migrate.steps import Estimate, Lock, Step
 
 PROBE_PREFIX = "rls_migrate_probe_"
@@ -79,7 +80,7 @@ def watch_step(ctx: PlanContext, entry: TenantTable) -> Step:
     fn = function_name("probe", entry.qname)
     seq = probe_sequence(entry)
     trigger = probe_trigger_name(entry)
-    sync = add_column.sync_trigger_name(entry)
+    sync = sync_trigger_name(entry)
     return Step(
         id=f"watch_sync:{entry.qname}",
         stage="index",
@@ -131,7 +132,7 @@ def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composab
               ) -> Step:
     fn = function_name("probe", entry.qname)
     trigger = probe_trigger_name(entry)
-    sync = add_column.sync_trigger_name(entry)
+    sync = sync_trigger_name(entry)
     sync_fn = function_name("sync", entry.qname)
     min_s = ctx.playbook.options.index.sync_watch_min / 1000.0
     table = str(entry.qname)
@@ -191,7 +192,7 @@ def sync_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
     if mode == "keep":
         return []
     creates = {step.table: step.statements for step in add_column.plan(ctx).steps
-               if step.kind == "sync_trigger"}
+               if step.id.startswith("sync_trigger:")}
     watches: list[Step] = []
     drops: list[Step] = []
     for entry in ctx.tenant_tables:
