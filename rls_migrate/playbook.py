@@ -506,9 +506,14 @@ def dump_playbook(playbook: Playbook) -> str:
 def check_against_catalog(playbook: Playbook, catalog: Catalog, source: str = "playbook") -> None:
     """Tables, columns and roles the playbook names must exist; TODOs must be decided."""
     problems: list[str] = []
-    todos = playbook.todos
+    todos = [(name, plan) for name, plan in playbook.tables.items() if plan.strategy == TODO]
     if todos:
-        problems.append("undecided (TODO) tables: " + "; ".join(todos))
+        # One line per table (and per option): a list a person works through.
+        lines = [f"undecided (TODO) tables: {len(todos)}; decide each one in the playbook:"]
+        for name, plan in todos:
+            lines.append(f"  - {name}: {plan.note or 'decide a strategy'}")
+            lines.extend(f"      option: {option}" for option in plan.options)
+        problems.append("\n  ".join(lines))
 
     def need_table(name: str, where: str) -> QualifiedName | None:
         try:

@@ -127,7 +127,8 @@ def test_direct_table_users(sample: Sample, conn: Conn) -> None:
         ' ("account_id", "id")',
     ]
     assert (index.lock, index.transactional) == (Lock.SHARE_UPDATE_EXCLUSIVE, False)
-    assert any(r.startswith("public.users: UNIQUE (email) is global") for r in sample.plan.risks)
+    assert any(r.startswith("public.users: users_email_key UNIQUE (email) is global")
+               and "tenant_unique: [[email]]" in r for r in sample.plan.risks)
     enforce = step(sample.plan, "enforce:public.users")
     assert texts(enforce, conn)[0] == (
         'ALTER POLICY "rls_migrate_tenant" ON "public"."users" USING ("account_id" = (SELECT '

@@ -11,10 +11,11 @@ from typing import LiteralString
 
 from psycopg import sql
 
-from rls_migrate.catalog import Catalog, Column, Constraint, QualifiedName, Table
+from rls_migrate.catalog import Catalog, Column, Index, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
 from rls_migrate.sqlcompose import compose
+from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
 
 TOOLKIT_SCHEMA = "rls_migrate"
@@ -22,6 +23,86 @@ MAX_IDENT = 63
 # Throughput assumed for estimates when nothing better is known (rows per second).
 ESTIMATED_BACKFILL_ROWS_PER_S = 50_000.0
 ESTIMATED_INDEX_BYTES_PER_S = 40_000_000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalUnique:
+    """A uniqueness that spans tenants: a UNIQUE constraint, or a unique index without one
+    (Rails' ``add_index ..., unique: true`` and Prisma's ``@unique`` emit ``CREATE UNIQUE
+    INDEX``), partial and expression ones included. ``keys`` is the key as the server prints
+    it (``slug``, ``lower(email)``); ``columns`` the bare columns among them."""
+
+    name: str
+    what: str  # "constraint" | "index"
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+    predicate: str | None
+
+    @property
+    def plain(self) -> bool:
+        """Bare columns, no predicate: ``tenant_unique`` can name it by its columns."""
+        return self.predicate is None and len(self.columns) == len(self.keys)
+
+    @property
+    def suggestion(self) -> str:
+        """What ``tenant_unique`` takes for it: its columns, or its name (expression or
+        partial indexes)."""
+        return ", ".join(quote_ident(c) for c in self.columns) if self.plain else \
+            quote_ident(self.name)
+
+    def __str__(self) -> str:
+        kind = "UNIQUE" if self.what == "constraint" else "unique index"
+        where = f" WHERE {self.predicate}" if self.predicate else ""
+        return f"{quote_ident(self.name)} {kind} ({', '.join(self.keys)}){where}"
+
+
+def index_keys(index: Index) -> tuple[str, ...]:
+    """The key list of an index as ``pg_get_indexdef`` prints it (expressions included,
+    INCLUDE columns not): ``CREATE UNIQUE INDEX i ON t USING btree (lower(email), org)``
+    -> ``("lower(email)", "org")``. Falls back to the key columns when the text has another
+    form."""
+    text = index.definition
+    start = -1
+    for i, ch, depth in scan(text):
+        if depth == 0 and ch == "(" and text[:i].rstrip().rsplit(" ", 2)[-2:-1] == ["USING"]:
+            start = i
+            break
+    if start >= 0:
+        parts: list[str] = []
+        last = start + 1
+        for i, ch, depth in scan(text):
+            if i <= start:
+                continue
+            if depth == 1 and ch == ",":
+                parts.append(text[last:i].strip())
+                last = i + 1
+            elif depth == 0 and ch == ")":
+                parts.append(text[last:i].strip())
+                return tuple(parts)
+    return tuple(c if c is not None else "<expression>" for c in index.columns)
+
+
+def global_uniques(table: Table, column: str) -> list[GlobalUnique]:
+    """Unique constraints and unique indexes of ``table`` whose key does not hold the tenant
+    ``column``: they span tenants, so an insert reveals that another tenant already has the
+    value. Primary keys, indexes of a partition (its parent's are reported) and the
+    toolkit's own tenant-scoped ones are left out; an index that is not valid yet but ready
+    counts (inserts check it already)."""
+    found: list[GlobalUnique] = []
+    backing = {c.index_name for c in table.constraints if c.index_name}
+    for con in table.constraints:
+        if con.kind == "u" and column not in con.columns:
+            found.append(GlobalUnique(con.name, "constraint",
+                                      tuple(quote_ident(c) for c in con.columns),
+                                      con.columns, None))
+    for idx in table.indexes:
+        if (not idx.is_unique or idx.is_primary or not idx.is_ready or idx.parent_index
+                or idx.name in backing or column in idx.columns):
+            continue
+        found.append(GlobalUnique(idx.name, "index", index_keys(idx),
+                                  tuple(c for c in idx.columns if c is not None),
+                                  idx.predicate))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +126,10 @@ class TenantTable:
         return self.plan.strategy
 
     @property
-    def global_uniques(self) -> list[Constraint]:
-        """UNIQUE constraints without the tenant column: they span tenants, so an insert
-        reveals that another tenant already has the value."""
-        return [c for c in self.table.constraints
-                if c.kind == "u" and self.column not in c.columns]
+    def global_uniques(self) -> list[GlobalUnique]:
+        """Unique constraints and unique indexes without the tenant column (see
+        :func:`global_uniques`)."""
+        return global_uniques(self.table, self.column)
 
 
 @dataclasses.dataclass(frozen=True)
