@@ -210,7 +210,7 @@ def _configure(ctx: click.Context) -> None:
 
 
 def _progress(ctx: click.Context) -> Any:
-    from rls_migrate.executor import make_progress
+    from rls_migrate.progress import make_progress
 
     return None if ctx.obj.get("log_format") == "json" else make_progress()
 
