@@ -199,7 +199,7 @@ def test_report_groups_counts_and_windows(db: ObserveDb) -> None:
     assert [g.application_name for g in everything.groups] == ["api", "worker", "old-job"]
 
     text = render_text(report)
-    assert "NOT CLEAN: 2 group(s), 5 statement(s)" in text
+    assert "NOT CLEAN: 2 group(s) (2 not replayed), 5 recorded statement(s)" in text
     assert "SELECT * FROM issues WHERE id = ?" in text and "worker" in text
     markdown = render_markdown(report)
     assert "| 3 | public.issues | read | no_context | app_user | api |" in markdown
@@ -280,7 +280,9 @@ def test_enforce_gate_refuses_until_the_report_is_clean_or_forced(db: ObserveDb,
         enforce_gate(conn, db.playbook, False)
     message = str(closed.value)
     assert "public.comments read no_context" in message and "'nightly-export'" in message
-    assert "rls-migrate report PLAYBOOK --since 24h" in message and "--force" in message
+    assert "CONFIRMED" in message  # the gate replayed it: enforced, the count differs
+    assert "rls-migrate report PLAYBOOK --confirm --since 24h" in message
+    assert "--force" in message
 
     # apply configures process-wide logging: run it in its own process.
     playbook = tmp_path / "app.yaml"
