@@ -169,23 +169,21 @@ def _identity(v: Violation) -> tuple[Any, ...]:
     return (v.statement, v.parameters, v.context or None, v.role, v.session_user)
 
 
-def candidates(records: Sequence[Violation], limit: int) -> tuple[list[Violation], int]:
-    """Up to ``limit`` distinct samples, the latest first; of two recordings of the same
-    sample, one whose parameters were logged. Returns them and how many distinct ones
-    there were."""
+def candidates(records: Sequence[Violation], limit: int) -> tuple[list[Violation], int, int]:
+    """Up to ``limit`` distinct samples, the latest first. Returns them, how many distinct
+    ones there were, and how many were left out for want of parameters.
+
+    A recording of a statement sent with parameters, but logged without them (a session
+    that started before observe turned parameter logging on: the first recording turns it
+    on for the session), is left out when the group has recordings with parameters; a group
+    with none keeps them, and they are unconfirmable."""
     best: dict[tuple[Any, ...], Violation] = {}
     for v in sorted(records, key=lambda r: r.at, reverse=True):
-        key = _identity(v)
-        if key not in best:
-            best[key] = v
-    # A recording without parameters beside the same statement with them (the log line
-    # and the sample row of one recording are merged before this; this is another one).
-    with_params = {(v.statement, v.context or None, v.role) for v in best.values()
-                   if v.parameters is not None}
-    chosen = [v for v in best.values() if v.parameters is not None
-              or (v.statement, v.context or None, v.role) not in with_params
-              or placeholder_count(v.statement) == 0]
-    return chosen[:limit], len(best)
+        best.setdefault(_identity(v), v)
+    replayable = [v for v in best.values()
+                  if v.parameters is not None or placeholder_count(v.statement) == 0]
+    chosen = replayable or list(best.values())
+    return chosen[:limit], len(best), len(best) - len(chosen)
 
 
 # --------------------------------------------------------------------------- replaying
@@ -378,7 +376,7 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
     """The verdict on one group (``records``: its recordings, any order). ``conn`` is the
     operator's autocommit connection to the primary or, for reads, a replica."""
     now = dt.datetime.now(dt.UTC)
-    chosen, distinct = candidates(records, settings.samples)
+    chosen, distinct, without = candidates(records, settings.samples)
     if operation == "write":
         samples = tuple(SampleResult(CONFIRMED, "a write the enforced WITH CHECK refuses",
                                      v.statement, v.parameters, v.context, v.role)
@@ -393,6 +391,8 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
     results = tuple(replay_sample(conn, v, settings, in_recovery=in_recovery)
                     for v in chosen)
     of = f"{len(results)} of {distinct} distinct sample(s) replayed"
+    if without:
+        of += f"; {without} recorded without parameters left out"
     for wanted in (CONFIRMED, UNCONFIRMABLE):
         hit = next((r for r in results if r.verdict == wanted), None)
         if hit is not None:

@@ -240,3 +240,23 @@ def test_unconfirmable_without_parameters(db: ObserveDb) -> None:
     assert "none were captured" in found["legacy-hash-join"][1]
     assert any("no server log was read" in n for n in report.notes)
     _ = Playbook  # the type, for readers: playbooks are immutable copies
+
+
+def test_a_session_older_than_observe_logs_parameters_from_its_second_recording(
+        db: ObserveDb) -> None:
+    project = db.scalar("SELECT min(id) FROM projects WHERE account_id = 1")
+    query = ("SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
+             " WHERE i.project_id = %s")
+    with db.app("pooled") as conn:
+        conn.execute("SET log_parameter_max_length_on_error = 0")  # as before observe
+        for _ in range(2):
+            with tenant_transaction(conn, 1):
+                conn.execute("SET LOCAL enable_nestloop = off")
+                conn.execute("SET LOCAL enable_mergejoin = off")
+                conn.execute(query, [project]).fetchall()
+        assert conn.execute("SHOW log_parameter_max_length_on_error").fetchone() == ("1024",)
+    report = report_of(db, confirm_groups=True)
+    (group,) = report.groups
+    assert sorted(r.parameters is not None for r in group.records) == [False, True]
+    assert group.verdict is not None and group.verdict.verdict == HARMLESS
+    assert "1 recorded without parameters left out" in group.verdict.reason

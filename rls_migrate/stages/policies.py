@@ -193,6 +193,24 @@ def observe_enables_rls(entry: TenantTable) -> bool:
         p.name == BASELINE_POLICY for p in entry.table.policies)
 
 
+def _session_capture(ctx: PlanContext) -> sql.Composable:
+    """A session that started before observe set ``log_parameter_max_length_on_error`` for
+    the application role (a pooled connection) logs no parameters: the first recording turns
+    it on for the session, so its later statements carry them. Session-level, undone if the
+    transaction rolls back; a refusal (a non-superuser owner) is ignored."""
+    size = ctx.playbook.options.observe.capture_parameters
+    if not size:
+        return sql.SQL("")
+    return compose(
+        "  IF current_setting('log_parameter_max_length_on_error') = '0' THEN\n"
+        "    BEGIN\n"
+        "      PERFORM set_config('log_parameter_max_length_on_error', {}, false);\n"
+        "    EXCEPTION WHEN OTHERS THEN\n"
+        "      NULL;\n"
+        "    END;\n"
+        "  END IF;\n", sql.Literal(str(size)))
+
+
 def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
     """The recording function: a stable LOG line and a sample row once per statement, table
     and operation, and always ``true``.
@@ -255,6 +273,7 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
         " 'op', {op}, 'kind', kind, 'db', current_database(), 'dbid', dbid, 'role', caller,"
         " 'session_user', session_user, 'app', app, 'pid', pg_backend_pid(),"
         " 'context', ctx, 'query_id', qid, 'read_only', ro OR standby, 'statement', stmt)::text;\n"
+        "{capture}"
         "  IF NOT ro AND NOT standby THEN\n"
         "    BEGIN\n"
         "      INSERT INTO {samples} (at, table_name, operation, kind, role_name, session_role,"
@@ -266,12 +285,12 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
         "    END;\n"
         "  END IF;\n"
         "  RETURN true;\n"
-        "END"
-    , setting=sql.Literal(ctx.playbook.tenant.setting), marker=sql.Literal(marker),
-             chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
-             message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
-             table=sql.Literal(str(entry.qname)), op=sql.Literal(operation),
-             samples=sql.Identifier(TOOLKIT_SCHEMA, SAMPLES_TABLE))
+        "END",
+        capture=_session_capture(ctx), setting=sql.Literal(ctx.playbook.tenant.setting),
+        marker=sql.Literal(marker), chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
+        message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
+        table=sql.Literal(str(entry.qname)), op=sql.Literal(operation),
+        samples=sql.Identifier(TOOLKIT_SCHEMA, SAMPLES_TABLE))
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS boolean"
         " LANGUAGE plpgsql VOLATILE SECURITY DEFINER COST 1"

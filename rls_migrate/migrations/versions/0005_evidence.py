@@ -11,6 +11,11 @@ group's statements as observe answers them and with enforcement simulated: ``har
 (same rows), ``confirmed`` (enforcement changes what the code path sees or writes) or
 ``unconfirmable`` (with the reason). One row per group and replay; the gate uses the latest
 verdict of a group when it is newer than the group's last recording.
+
+``violation_samples`` becomes UNLOGGED: a recorder's sample row is written inside the
+application's transaction, and a logged row would turn a read-only request into one that
+waits for a WAL flush at commit. Unlogged, it costs no WAL; a crash empties the table, and
+the server log and the counters still hold the evidence.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ TZ = sa.TIMESTAMP(timezone=True)
 
 
 def upgrade() -> None:
+    op.execute("ALTER TABLE rls_migrate.violation_samples SET UNLOGGED")
     op.add_column("violation_samples", sa.Column(
         "read_only", sa.Boolean, comment="the recording transaction was read-only"),
         schema=SCHEMA)
@@ -58,5 +64,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE rls_migrate.violation_samples SET LOGGED")
     op.drop_table("verdicts", schema=SCHEMA)
     op.drop_column("violation_samples", "read_only", schema=SCHEMA)
