@@ -258,7 +258,7 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
                 for group in report.groups:
                     verdict = group.verdict.verdict if group.verdict else "not replayed"
                     result.verdicts.setdefault(group.application_name or "", set()).add(verdict)
-                for group in report.groups[:6]:
+                for group in sorted(report.groups, key=lambda g: (g.harmless, -g.count))[:6]:
                     verdict = group.verdict.verdict.upper() if group.verdict else "?"
                     display.say(f"    {verdict:<13} {group.table} {group.operation} "
                                 f"{group.kind} by {group.role} ({group.application_name}) "
@@ -348,8 +348,9 @@ def _print_summary(result: DemoResult, stats: WorkloadStats, echo: Echo) -> None
              "(a backfill batch holds the rows it fills until it commits)")
     echo(f"  observe recorded {result.violations_seen} statement(s); replayed: " + "; ".join(
         f"{app} {'/'.join(sorted(v))}" for app, v in sorted(result.verdicts.items())))
-    echo(f"  enforce gate refused while the nightly job ran: {result.gate_refused}; let the "
-         f"harmless legacy statements through after the fix: {result.gate_passed_harmless}")
+    echo(f"  enforce gate refused: {result.gate_refused} (while the nightly job ran); let "
+         f"the harmless legacy statements through after the fix: "
+         f"{result.gate_passed_harmless}")
     echo(f"  kill switch (enforce -> observe): {result.kill_switch_s} s; verify ok: "
          f"{result.verify_ok}")
     echo(f"  rows of untouched tables unchanged (checksums): {result.untouched_unchanged}")

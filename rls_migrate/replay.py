@@ -58,6 +58,8 @@ _CODE = re.compile(
 _WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|COPY|CALL|DO|TRUNCATE|LOCK)\b"
                      r"|\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|SHARE|KEY\s+SHARE)\b", re.I)
 _READS = ("SELECT", "WITH", "VALUES", "TABLE", "(")
+_LOCKING = re.compile(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|SHARE|KEY\s+SHARE)\b", re.I)
+_CHANGES = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.I)
 
 
 def _code(statement: str) -> str:
@@ -74,6 +76,11 @@ def statement_count(statement: str) -> int:
 def placeholder_count(statement: str) -> int:
     numbers = [int(n) for n in re.findall(r"\$(\d+)", _code(statement))]
     return max(numbers, default=0)
+
+
+def changes_rows(statement: str) -> bool:
+    """INSERT/UPDATE/DELETE/MERGE (also in a CTE); not a mere SELECT ... FOR UPDATE."""
+    return bool(_CHANGES.search(_LOCKING.sub(" ", _code(statement))))
 
 
 def modifies_data(statement: str) -> bool:
@@ -355,7 +362,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
         return result(UNCONFIRMABLE, f"cannot replay as {role}: {_first_line(exc)} (the "
                                      f"migration role replays as the application: GRANT "
                                      f"{role} TO {conn.info.user})")
-    if writes and observed.rows == 0 and enforced.rows == 0:
+    if changes_rows(v.statement) and observed.rows == 0 and enforced.rows == 0:
         # An UPDATE/DELETE of another tenant's row, committed while observing, leaves
         # nothing to find now: 0 and 0 would call a real violation harmless.
         return result(UNCONFIRMABLE, "a data-modifying statement that touches no row when "

@@ -260,3 +260,22 @@ def test_a_session_older_than_observe_logs_parameters_from_its_second_recording(
     assert sorted(r.parameters is not None for r in group.records) == [False, True]
     assert group.verdict is not None and group.verdict.verdict == HARMLESS
     assert "1 recorded without parameters left out" in group.verdict.reason
+
+
+def test_log_lines_are_keyed_by_database_identity(db: ObserveDb, tmp_path: Path) -> None:
+    from rls_migrate.evidence import database_identity
+
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        identity = database_identity(conn)
+        now = conn.execute("SELECT now()").fetchone()
+    assert identity is not None and now is not None
+    at = now[0].isoformat()
+    log = tmp_path / "old.log"
+    log.write_text("\n".join(
+        f"2026 [1] LOG:  {_record(db=db.name, dbid=dbid, app=app, at=at, pid=pid)}"
+        for dbid, app, pid in ((identity, "this-one", 1),
+                               ("7/1", "recreated-same-name", 2),  # another OID, same name
+                               (None, "version-1-line", 3))) + "\n")
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        report = build_report(conn, db.playbook, None, logs=[log])
+    assert {g.application_name for g in report.groups} == {"this-one", "version-1-line"}
