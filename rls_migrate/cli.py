@@ -186,8 +186,12 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
                    "sql for a runnable psql script")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
+@click.option("--target", type=click.Choice(["rls", "citus"]), default="rls",
+              show_default=True,
+              help="rls: the RLS rollout; citus: scale-out readiness (each table's role, every "
+                   "blocker and its fix) and, with --format sql, the distribution runbook")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
-         output: Path | None) -> None:
+         output: Path | None, target: str) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
     Reads the catalog; executes nothing.
@@ -197,15 +201,27 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
+      rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
     from rls_migrate.render import RENDERERS
 
+    if target == "citus" and stages:
+        raise UsageError("--stage does not go with --target citus (the readiness report "
+                         "covers every table)")
     pb, resolved = _load(playbook, dsn)
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
-        the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
-        text = RENDERERS[fmt](the_plan, catalog, conn)
+        if target == "citus":
+            from rls_migrate.citus.readiness import readiness_of
+            from rls_migrate.citus.render import RENDERERS as CITUS
+
+            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
+                              conn)
+        else:
+            the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+            text = RENDERERS[fmt](the_plan, catalog, conn)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")
@@ -223,7 +239,7 @@ def _configure(ctx: click.Context) -> None:
 
 
 def _progress(ctx: click.Context) -> Any:
-    from rls_migrate.executor import make_progress
+    from rls_migrate.progress import make_progress
 
     return None if ctx.obj.get("log_format") == "json" else make_progress()
 

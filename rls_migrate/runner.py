@@ -19,9 +19,10 @@ from rls_migrate import journal as journal_mod
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
-from rls_migrate.executor import Executor, ProgressHook, StageResult, StepOutcome, _now
+from rls_migrate.executor import Executor, StageResult, StepOutcome, _now
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
+from rls_migrate.progress import ProgressHook
 from rls_migrate.stages.backfill import run_backfill
 from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles

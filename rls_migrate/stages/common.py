@@ -114,8 +114,15 @@ class TenantTable:
     plan: TablePlan
     column: str  # the column that holds the tenant key (existing or added)
     added: bool  # the toolkit adds and fills ``column``
+    # Where the tenant comes from: the parent (derive, hint) or, for an owned table, the
+    # owner that points at it (``columns`` on this table, ``ref_columns`` on the owner).
     parent: ParentRef | None
-    parent_column: str | None  # the tenant column on the parent table
+    parent_column: str | None  # the tenant column on the parent (owner) table
+
+    @property
+    def owned(self) -> bool:
+        """A reverse one-to-one row: its tenant comes from the row that points at it."""
+        return self.plan.strategy == "owned"
 
     @property
     def ident(self) -> sql.Identifier:
@@ -158,10 +165,11 @@ class PlanContext:
             column = self.playbook.tenant_column(qname)
             assert column is not None
             parent_column = None
-            if plan.parent is not None:
-                parent_column = self.playbook.tenant_column(plan.parent.qname)
+            link = plan.link
+            if link is not None:
+                parent_column = self.playbook.tenant_column(link.qname)
             entries[qname] = TenantTable(
-                qname, table, plan, column, plan.strategy in ("derive", "hint"), plan.parent,
+                qname, table, plan, column, plan.strategy in ("derive", "hint", "owned"), link,
                 parent_column)
         return tuple(_parents_first(entries))
 
@@ -181,6 +189,46 @@ class PlanContext:
         root = self.catalog.tables.get(self.root)
         col = root.column(self.playbook.tenant.key) if root else None
         return col.type if col else self.key_type
+
+    def tenant_type(self, entry: TenantTable) -> str:
+        """The SQL type of ``entry``'s tenant column as the catalog has it; for a column the
+        toolkit has yet to add, the root key's type (what add-column gives it). A Rails
+        ``account_id bigint`` under an ``accounts.id integer`` root keeps its bigint."""
+        column = entry.table.column(entry.column)
+        return column.type if column is not None else self.key_column_type()
+
+    def parent_tenant_type(self, entry: TenantTable) -> str:
+        """The type of the tenant column on ``entry``'s parent (the row it takes its tenant
+        from)."""
+        assert entry.parent is not None
+        parent = self.tenant_table(entry.parent.qname)
+        if parent is None:
+            return self.key_column_type()
+        return self.tenant_type(parent)
+
+    def parent_tenant_sql(self, entry: TenantTable) -> sql.Composable:
+        """``p.<parent's tenant column>``, cast to ``entry``'s tenant type where the two
+        differ (``(p.account_id)::integer`` for a bigint parent under an integer root)."""
+        assert entry.parent_column is not None
+        return cast_sql(compose("p.{}", sql.Identifier(entry.parent_column)),
+                        self.parent_tenant_type(entry), self.tenant_type(entry))
+
+    def parent_match(self, entry: TenantTable, child: str) -> sql.Composed:
+        """:func:`parent_match` with the child's link columns cast to the parent's types
+        where PostgreSQL has no operator between the two (a text link to a uuid key)."""
+        return parent_match(entry, child, self.link_types(entry))
+
+    def link_types(self, entry: TenantTable) -> list[tuple[str | None, str | None]]:
+        """(child column type, parent column type) for each column pair of the parent link."""
+        assert entry.parent is not None
+        parent = self.catalog.tables.get(entry.parent.qname)
+        out: list[tuple[str | None, str | None]] = []
+        for child_col, ref_col in zip(entry.parent.columns, entry.parent.ref_columns,
+                                      strict=True):
+            mine = entry.table.column(child_col)
+            theirs = parent.column(ref_col) if parent is not None else None
+            out.append((mine.type if mine else None, theirs.type if theirs else None))
+        return out
 
 
 def with_partitions(ctx: PlanContext, entry: TenantTable) -> list[TenantTable]:
@@ -209,6 +257,32 @@ def _type_sql(key_type: str) -> str:
     if key_type not in allowed:
         raise PlaybookError(f"tenant.key_type: expected one of {sorted(allowed)}, got {key_type!r}")
     return key_type
+
+
+_INTEGERS = frozenset({"smallint", "integer", "bigint"})
+_NUMBERS = _INTEGERS | {"numeric", "real", "double precision"}
+_STRINGS = frozenset({"text", "character varying", "character", "name", "citext"})
+
+
+def _base_type(type_text: str) -> str:
+    return type_text.split("(", 1)[0].strip()
+
+
+def comparable(left: str | None, right: str | None) -> bool:
+    """Whether PostgreSQL compares values of these two types without a cast (integer with
+    bigint, varchar with text); an unknown type counts as comparable (nothing to cast)."""
+    if left is None or right is None or left == right:
+        return True
+    a, b = _base_type(left), _base_type(right)
+    return a == b or {a, b} <= _NUMBERS or {a, b} <= _STRINGS
+
+
+def cast_sql(expr: sql.Composable, from_type: str, to_type: str) -> sql.Composable:
+    """``expr::to_type`` where the types differ (an explicit cast, so that a text key under
+    an integer root or an integer under a bigint one reads as the column it lands in)."""
+    if from_type == to_type:
+        return expr
+    return compose("({})::{}", expr, sql.SQL(to_type))
 
 
 def type_sql(column: Column) -> sql.SQL:
@@ -345,11 +419,25 @@ def triggers_firing_on_update(table: Table, column: str) -> list[str]:
     return fired
 
 
-def parent_match(entry: TenantTable, child: str) -> sql.Composed:
+def parent_match(entry: TenantTable, child: str,
+                 link_types: Sequence[tuple[str | None, str | None]] | None = None
+                 ) -> sql.Composed:
     """``p.<ref> = <child>.<fk> AND ...``: how a row finds its parent ``p``. ``child`` is
-    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table)."""
+    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table). With
+    ``link_types``, a child column whose type PostgreSQL cannot compare with the parent's is
+    cast to the parent's type (the parent side stays bare: its index is what finds it)."""
     assert entry.parent is not None
     template: LiteralString = "p.{} = NEW.{}" if child == "NEW" else "p.{} = c.{}"
-    return sql.SQL(" AND ").join(
-        compose(template, sql.Identifier(r), sql.Identifier(c))
-        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
+    cast_template: LiteralString = ("p.{} = (NEW.{})::{}" if child == "NEW"
+                                    else "p.{} = (c.{})::{}")
+    types = list(link_types) if link_types is not None else [(None, None)] * len(
+        entry.parent.columns)
+    parts = []
+    for (c, r), (mine, theirs) in zip(zip(entry.parent.columns, entry.parent.ref_columns,
+                                          strict=True), types, strict=True):
+        if comparable(mine, theirs) or theirs is None:
+            parts.append(compose(template, sql.Identifier(r), sql.Identifier(c)))
+        else:
+            parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
+                                 sql.SQL(theirs)))
+    return sql.SQL(" AND ").join(parts)
