@@ -9,6 +9,7 @@ call and refuse one whose foreign keys point at a table not distributed yet."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -407,6 +408,57 @@ def _psql() -> str | None:
     if bindir is not None and (bindir / "psql").exists():
         return str(bindir / "psql")
     return shutil.which("psql")
+
+
+def test_a_half_done_stage_rolls_back_and_a_rerun_converges(tutorial_db: str) -> None:
+    """Killed after the original foreign keys were dropped, before any key was swapped: the
+    rollback puts the originals back from what the journal has done; a rerun finishes."""
+    pb = fixed(_tutorial_playbook(tutorial_db))
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        schema_before = _schema(conn)
+        limits = tut.id_limits(conn)
+        rows = tut.original_rows(conn, limits)
+    index = build_plan(load_catalog(tutorial_db), pb, ["index"]).stage("index")
+    first_swap = next(n for n, s in enumerate(index.steps) if s.kind == "swap_primary_key")
+    assert any(s.kind == "drop_foreign_key" for s in index.steps[:first_swap])
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        from rls_migrate.executor import Executor
+        from rls_migrate.journal import Journal
+        Executor(conn, pb.options, Journal(conn)).run(
+            dataclasses.replace(index, steps=index.steps[:first_swap + 1]))
+        originals = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+                                 " AND conname IN ('ads_campaign_id_fkey', 'clicks_ad_id_fkey',"
+                                 " 'impressions_ad_id_fkey')").fetchone()
+        assert originals == (0,)
+    rollback_to(tutorial_db, pb, "constrain")
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        assert _schema(conn) == schema_before
+        assert tut.original_rows(conn, limits) == rows
+    assert apply_stage(tutorial_db, pb, "index").result.failed == 0
+    again = apply_stage(tutorial_db, pb, "index").result
+    assert again.done == 0 and again.skipped == len(again.outcomes)
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        _end_state(conn)
+
+
+def test_a_key_referenced_from_outside_the_tenant_tables_stays(tutorial_db: str) -> None:
+    """A table the playbook does not cover points at ads: Citus would refuse it, and ads's key
+    cannot be swapped while that foreign key holds on to it."""
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ad_reviews (id bigint PRIMARY KEY,"
+                     " ad_id bigint REFERENCES ads (id), verdict text)")
+    pb = fixed(_tutorial_playbook(tutorial_db))
+    catalog = load_catalog(tutorial_db)
+    index = build_plan(catalog, pb, ["index"]).stage("index")
+    swapped = {s.table.name for s in index.steps if s.kind == "swap_primary_key" and s.table}
+    assert swapped == {"campaigns", "clicks", "impressions"}
+    repointed = {s.id for s in index.steps if s.kind == "drop_foreign_key"}
+    assert repointed == {"drop_fk:public.ads:ads_campaign_id_fkey"}
+    assert any("public.ads: primary key left as it is: referenced from outside the tenant "
+               "tables by public.ad_reviews.ad_reviews_ad_id_fkey" in n for n in index.notes)
+    r = readiness_of(catalog, pb)
+    assert r.table(q("ad_reviews")).role == "local"
+    assert ("ad_reviews", "foreign_key_into_distributed") in blockers(r)
 
 
 # --------------------------------------------------------------------------- locks, options
