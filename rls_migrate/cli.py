@@ -113,7 +113,8 @@ def _print_findings(findings: list[Any]) -> None:
 @dsn_option
 @click.option("--tenant-table", required=True, metavar="TABLE",
               help="the tenant root table, e.g. accounts or public.accounts")
-@click.option("--key", metavar="COLUMN", help="the root's key column (default: its primary key)")
+@click.option("--key", metavar="COLUMN",
+              help="the root's key column, as in SQL: id, '\"orgId\"' (default: its primary key)")
 @click.option("--app-role", metavar="ROLE", help="the role the application connects as")
 @click.option("--column", default="tenant_id", show_default=True,
               help="name of the tenant column added to derived tables")
@@ -134,20 +135,32 @@ def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | No
           -o playbooks/app.yaml
     Tables that need a decision are written as TODO; plan refuses until they are decided.
     """
+    from rls_migrate.catalog import parse_column
     from rls_migrate.discover import discover
     from rls_migrate.init import build_playbook_yaml, write_playbook
+    from rls_migrate.linkcounts import count_links
 
+    try:
+        key = parse_column(key) if key is not None else None
+        column = parse_column(column)
+    except ValueError as exc:
+        raise UsageError(f"--key/--column: {exc}") from None
     with connect(resolve_dsn(dsn)) as conn:
         catalog = Catalog.load(conn)
-    graph = discover(catalog, tenant_table, key=key, tenant_column=column, app_role=app_role)
+        graph = discover(catalog, tenant_table, key=key, tenant_column=column,
+                         app_role=app_role)
+        # The tables whose decision depends on how many rows a link leaves without a tenant.
+        link_counts = count_links(conn, graph)
     text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
-                               column=column, setting=setting)
+                               column=column, setting=setting, link_counts=link_counts)
     path = output or Path("playbooks") / f"{catalog.database}.yaml"
     write_playbook(path, text, force=force)
     counts = graph.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     click.echo(f"wrote {path}: {summary}")
-    todo = counts.get("needs_hint", 0) + counts.get("ambiguous", 0)
+    from rls_migrate.playbook import parse_playbook
+
+    todo = len(parse_playbook(text, str(path)).todos)
     if todo:
         click.echo(f"{todo} table(s) marked TODO need your decision before `rls-migrate plan`.")
 

@@ -149,4 +149,22 @@ def observed(server: servers.PostgresServer,
         with psycopg.connect(sample.dsn, autocommit=True) as conn:
             for statement in EXTRAS:
                 conn.execute(statement.encode())
-        yield CorpusDb(server, sample.dsn, sample.playbook)
+        playbook = with_server_log(sample.playbook, server)
+        # Observe again: what it sets per database (the application role's parameter
+        # logging, ALTER ROLE ... IN DATABASE) is keyed by the database's OID, which a clone
+        # does not keep; every other step is already done.
+        assert apply_stage(sample.dsn, playbook, "observe").result.failed == 0
+        yield CorpusDb(server, sample.dsn, playbook)
+
+
+def with_server_log(playbook: Playbook, server: servers.PostgresServer) -> Playbook:
+    """The playbook with the server's log file as observe evidence
+    (``options.observe.logs``), where this version reads logs and this process can read the
+    file, as an operator would configure it."""
+    log_path = getattr(server, "log_path", None)
+    observe = getattr(playbook.options, "observe", None)
+    if log_path is None or observe is None or "logs" not in type(observe).model_fields:
+        return playbook
+    options = playbook.options.model_copy(update={
+        "observe": observe.model_copy(update={"logs": (str(log_path),)})})
+    return playbook.model_copy(update={"options": options})

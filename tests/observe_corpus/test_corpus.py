@@ -150,10 +150,9 @@ needs_replay = pytest.mark.xfail(
 
 def test_no_correct_pattern_closes_the_gate(correct_run: CorrectRun) -> None:
     closing = gate.by_application([g for g in correct_run.found if g.blocks], "corpus")
-    assert sorted(closing) == [], (
-        f"{len(closing)} of {len(CORRECT)} correct patterns close the gate: "
-        + "; ".join(f"{name}: {[(g.table, g.operation, g.kind, g.verdict) for g in groups]}"
-                    for name, groups in sorted(closing.items())))
+    why = {name: sorted({(g.table, g.operation, g.kind, g.verdict, g.reason) for g in groups},
+                        key=repr) for name, groups in sorted(closing.items())}
+    assert why == {}, f"{len(closing)} of {len(CORRECT)} correct patterns close the gate"
     assert correct_run.refusal is None
 
 
@@ -162,7 +161,7 @@ def test_every_wrong_path_closes_the_gate_confirmed(wrong_run: WrongRun) -> None
     found = gate.by_application(wrong_run.found, "wrong")
     missing = sorted({w.name for w in WRONG_PATHS} - set(found))
     assert missing == [], "wrong paths observe mode did not record"
-    unconfirmed = {name: [(g.table, g.operation, g.kind, g.verdict) for g in groups]
+    unconfirmed = {name: [(g.table, g.operation, g.kind, g.verdict, g.reason) for g in groups]
                    for name, groups in found.items()
                    if not any(g.verdict == "confirmed" and g.blocks for g in groups)}
     assert unconfirmed == {}, "wrong paths the gate does not confirm"
