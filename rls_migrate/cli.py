@@ -173,17 +173,22 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
                    "sql for a runnable psql script")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
+@click.option("--no-preflight", is_flag=True,
+              help="skip the data preflight (one scan per tenant table counting NULL tenant "
+                   "keys, NULL links and orphans, with sample keys)")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
-         output: Path | None) -> None:
+         output: Path | None, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
-    Reads the catalog; executes nothing.
+    Reads the catalog and, for the data preflight, the tenant tables (rows that will have
+    no tenant: NULL keys, NULL links, orphans, per table with sample keys); executes nothing.
 
     \b
     Examples:
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
     from rls_migrate.render import RENDERERS
@@ -192,6 +197,10 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
         the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+        if not no_preflight:
+            from rls_migrate.preflight import with_preflight
+
+            the_plan = with_preflight(conn, catalog, pb, the_plan)
         text = RENDERERS[fmt](the_plan, catalog, conn)
     if output:
         output.write_text(text)
