@@ -36,6 +36,7 @@ SETTINGS = (
     "log_min_messages",
     "lock_timeout",
     "statement_timeout",
+    "deadlock_timeout",
     "max_replication_slots",
     "wal_level",
     "row_security",

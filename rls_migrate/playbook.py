@@ -332,6 +332,18 @@ class IndexOptions(Strict):
         description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "
                     "parent_id) -> parent (tenant, id): a child's tenant always equals its "
                     "parent's")
+    tenant_primary_keys: bool = Field(
+        default=False,
+        description="PRIMARY KEY (tenant, id) on every tenant table, with the foreign keys "
+                    "that reference it re-pointed to the composite key (what Citus needs): "
+                    "built concurrently, swapped in one short transaction")
+    sync_triggers: Literal["keep", "watch", "drop"] = Field(
+        default="keep",
+        description="add-column's sync triggers: keep; watch (count rows that arrive without "
+                    "the tenant); drop (once the watch proves the application writes it)")
+    sync_watch_min: DurationMs = Field(
+        default=3_600_000.0,
+        description="drop refuses before the watch has run this long")
 
 
 class Options(Strict):

@@ -101,7 +101,7 @@ def test_sample_playbook_explains_each_decision(sample_yaml: str) -> None:
     assert "view public.open_issues reads tenant tables public.issues" in text
     assert "decide the 1 TODO entry" in text
     # A table name that needs quotes is a quoted YAML key.
-    assert '"public.\\"Project Notes\\"":' in sample_yaml
+    assert "'public.\"Project Notes\"':" in sample_yaml
 
 
 def test_sample_playbook_matches_the_database_once_the_todo_is_decided(
