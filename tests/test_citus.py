@@ -461,6 +461,54 @@ def test_a_key_referenced_from_outside_the_tenant_tables_stays(tutorial_db: str)
     assert ("ad_reviews", "foreign_key_into_distributed") in blockers(r)
 
 
+def test_every_other_blocker_kind_is_named_with_a_fix(tutorial_db: str) -> None:
+    """What the tutorial does not have: a tenant table keyed by another type, an int
+    identity, a user trigger, a policy on another column, a view and a function joining
+    tenant tables without the tenant, a foreign key into a skipped table and one from a
+    global table into a tenant table."""
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        conn.execute(b"""
+            CREATE TABLE budgets (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                company_id int NOT NULL REFERENCES companies (id), amount numeric);
+            CREATE TABLE legacy_codes (code text PRIMARY KEY);
+            CREATE TABLE promo (id bigint PRIMARY KEY, company_id bigint NOT NULL
+                REFERENCES companies (id), code text REFERENCES legacy_codes (code));
+            CREATE TABLE regions_of_ads (code char(2) PRIMARY KEY REFERENCES geo_regions,
+                best_ad bigint REFERENCES ads (id));
+            CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+                'BEGIN NEW.updated_at := now(); RETURN NEW; END';
+            CREATE TRIGGER campaigns_touch BEFORE UPDATE ON campaigns
+                FOR EACH ROW EXECUTE FUNCTION touch();
+            ALTER TABLE clicks ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY only_live ON clicks USING (site_url <> 'blocked');
+            CREATE VIEW ad_clicks AS SELECT a.name, count(*) AS n FROM ads a
+                JOIN clicks c ON c.ad_id = a.id GROUP BY a.name;
+            CREATE FUNCTION click_total() RETURNS bigint LANGUAGE sql AS
+                'SELECT count(*) FROM clicks JOIN ads ON ads.id = clicks.ad_id';
+        """)
+    pb = _tutorial_playbook(tutorial_db)
+    tables = dict(pb.tables)
+    tables["public.budgets"] = pb.tables["public.campaigns"].model_copy(
+        update={"column": "company_id"})
+    tables["public.promo"] = pb.tables["public.campaigns"].model_copy(
+        update={"column": "company_id"})
+    tables["public.legacy_codes"] = pb.tables["public.geo_regions"].model_copy(
+        update={"strategy": "skip"})
+    tables["public.regions_of_ads"] = pb.tables["public.geo_regions"]
+    r = readiness_of(load_catalog(tutorial_db), pb.model_copy(update={"tables": tables}))
+    found = blockers(r)
+    assert {("budgets", "key_type"), ("budgets", "identity"), ("campaigns", "trigger"),
+            ("clicks", "policy"), ("promo", "foreign_key_to_local"),
+            ("regions_of_ads", "foreign_key_into_distributed")} <= found
+    assert {("-", "view"), ("-", "function")} <= blockers(r, "warning")
+    assert r.table(q("regions_of_ads")).role == "local"  # global, but nothing points at it
+    assert r.table(q("geo_regions")).role == "reference"
+    assert r.table(q("legacy_codes")).role == "local"
+    assert "skipped in the playbook" in r.table(q("legacy_codes")).why
+    for _, b in r.blockers:
+        assert b.fix and b.message
+
+
 # --------------------------------------------------------------------------- locks, options
 
 
