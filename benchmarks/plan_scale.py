@@ -2,6 +2,11 @@
 schemas of 100, 1,000 and 5,000 tables (root, direct tables and chains of derived tables,
 each with a primary key, a foreign key and a secondary index), on an embedded server.
 
+Then the derived-heavy schema of issue 18 (one root, 49 direct tables, 950 tables reaching
+the root through chains of foreign keys) on every local major: `rls-migrate plan` end to end
+in each format (text, markdown, json, sql), the median and the slowest of a few runs, and the
+size of what it writes. Target: every format under 2 s.
+
 `plan_total_s` is what `rls-migrate plan` does in-process (catalog, playbook, planning);
 `cli_text_s` is the command itself, end to end, as a user runs it (a new process: imports,
 connection, catalog, playbook, planning, the text report on stdout); `init_s` is discovery
@@ -13,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -31,10 +38,16 @@ from rls_migrate.testing import servers
 RESULTS = Path(__file__).parent / "results"
 
 
-def schema_sql(tables: int) -> str:
-    """One root, a fifth direct tables, the rest derived chains of depth up to 4."""
+FORMATS = ("text", "markdown", "json", "sql")
+DERIVED_HEAVY = (1000, 49)
+"""Tables and direct tables of the derived-heavy schema (the rest are derived)."""
+
+
+def schema_sql(tables: int, direct: int | None = None) -> str:
+    """One root, ``direct`` direct tables (default: a fifth), the rest derived chains of depth
+    up to 4."""
     out = ["CREATE TABLE accounts (id bigint PRIMARY KEY, name text);"]
-    direct = max(tables // 5, 1)
+    direct = max(tables // 5, 1) if direct is None else direct
     for i in range(direct):
         out.append(f"CREATE TABLE d{i} (id bigint PRIMARY KEY, account_id bigint NOT NULL"
                    f" REFERENCES accounts, created_at timestamptz);"
@@ -46,17 +59,37 @@ def schema_sql(tables: int) -> str:
     return "\n".join(out)
 
 
+def create_schema(conn: psycopg.Connection[Any], tables: int, direct: int | None = None) -> None:
+    lines = schema_sql(tables, direct).splitlines()
+    for start in range(0, len(lines), 200):  # one transaction per chunk: lock table size
+        conn.execute("\n".join(lines[start:start + 200]).encode())
+    conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_app')"
+                 " THEN CREATE ROLE bench_app; END IF; END $$")
+
+
+def playbook_text(catalog: Catalog) -> str:
+    graph = discover(catalog, "accounts", app_role="bench_app")
+    return build_playbook_yaml(graph, catalog, app_role="bench_app")
+
+
+def run_plan(dsn: str, playbook: Path, fmt: str) -> tuple[float, int]:
+    """``rls-migrate plan`` as a user runs it: seconds from process start to exit, and the
+    bytes it wrote on stdout."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "rls_migrate", "plan", str(playbook), "--dsn",
+                           dsn, "--format", fmt], capture_output=True, timeout=600, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"rls-migrate plan failed: {done.stderr[-2000:]!r}")
+    return seconds, len(done.stdout)
+
+
 def measure(dsn: str, tables: int, rounds: int = 3) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        lines = schema_sql(tables).splitlines()
-        for start in range(0, len(lines), 200):  # one transaction per chunk: lock table size
-            conn.execute("\n".join(lines[start:start + 200]).encode())
-        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_app')"
-                     " THEN CREATE ROLE bench_app; END IF; END $$")
+        create_schema(conn, tables)
         catalog = Catalog.load(conn)
         t0 = time.perf_counter()
-        graph = discover(catalog, "accounts", app_role="bench_app")
-        text = build_playbook_yaml(graph, catalog, app_role="bench_app")
+        text = playbook_text(catalog)
         init_s = time.perf_counter() - t0
         catalog_s, plan_s = [], []
         for _ in range(rounds):
@@ -71,16 +104,46 @@ def measure(dsn: str, tables: int, rounds: int = 3) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "app.yaml"
         path.write_text(text)
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "rls_migrate", "plan", str(path), "--dsn",
-                               dsn], capture_output=True, text=True, timeout=600, check=False)
-        cli_text_s = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"rls-migrate plan failed: {done.stderr[-2000:]}")
+        cli_text_s, _ = run_plan(dsn, path, "text")
     return {"tables": tables, "steps": len(plan.steps), "catalog_queries": catalog.queries_run,
             "catalog_s": min(catalog_s), "plan_total_s": min(plan_s), "cli_text_s": cli_text_s,
             "init_s": init_s,
             "planning_over_catalog": round(min(plan_s) / min(catalog_s), 2)}
+
+
+def measure_formats(dsn: str, rounds: int = 3) -> dict[str, Any]:
+    """The derived-heavy schema: every format end to end, ``rounds`` times each."""
+    tables, direct = DERIVED_HEAVY
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_schema(conn, tables, direct)
+        text = playbook_text(Catalog.load(conn))
+    out: dict[str, Any] = {"tables": tables, "direct": direct,
+                           "derived": tables - 1 - direct}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "app.yaml"
+        path.write_text(text)
+        run_plan(dsn, path, "text")  # warm the server's and the OS's caches
+        for fmt in FORMATS:
+            runs = [run_plan(dsn, path, fmt) for _ in range(rounds)]
+            seconds = sorted(s for s, _ in runs)
+            out[fmt] = {"median_s": round(statistics.median(seconds), 3),
+                        "max_s": round(seconds[-1], 3), "bytes": runs[0][1]}
+    return out
+
+
+def derived_heavy() -> list[dict[str, Any]]:
+    """The derived-heavy schema on every local major (embedded and system servers)."""
+    rows = []
+    kinds = os.environ.get("BENCH_PLAN_BACKENDS", "embedded,system")
+    for backend in servers.find_backends(kinds):
+        with servers.start_server(backend) as server:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench_derived")
+            row = {"postgres": server.major,
+                   **measure_formats(server.dsn("bench_derived"))}
+            print(json.dumps(row))
+            rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -94,9 +157,11 @@ def main() -> None:
                 conn.execute(f"CREATE DATABASE {dbname}")
             rows.append(measure(server.dsn(dbname), n))
             print(json.dumps(rows[-1]))
-        result = {"benchmark": "plan_scale", "postgres": server.major,
-                  "python": sys.version.split()[0], "machine": platform.machine(),
-                  "results": rows}
+        result: dict[str, Any] = {
+            "benchmark": "plan_scale", "postgres": server.major,
+            "python": sys.version.split()[0], "machine": platform.machine(),
+            "cpus": os.cpu_count(), "results": rows}
+    result["derived_heavy"] = heavy = derived_heavy()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "plan_scale.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| tables | steps | catalog queries | catalog s | plan total s (in-process) "
@@ -105,6 +170,16 @@ def main() -> None:
     for r in rows:
         print(f"| {r['tables']} | {r['steps']} | {r['catalog_queries']} | {r['catalog_s']:.3f} |"
               f" {r['plan_total_s']:.3f} | {r['cli_text_s']:.2f} |")
+    print()
+    print("Derived-heavy, 1,000 tables (1 root, 49 direct, 950 derived): `rls-migrate plan`"
+          " end to end, median (slowest) of 3, output size")
+    print()
+    print("| PostgreSQL | " + " | ".join(FORMATS) + " |")
+    print("|---" * (len(FORMATS) + 1) + "|")
+    for h in heavy:
+        print(f"| {h['postgres']} | " + " | ".join(
+            f"{h[f]['median_s']:.2f} s ({h[f]['max_s']:.2f}), {h[f]['bytes'] / 1e6:.1f} MB"
+            for f in FORMATS) + " |")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ SETTINGS = (
     "log_min_messages",
     "lock_timeout",
     "statement_timeout",
+    "deadlock_timeout",
     "max_replication_slots",
     "wal_level",
     "row_security",
@@ -142,6 +143,20 @@ def split_qualified(text: str) -> list[str]:
         raise ValueError(f"empty name part in {text!r}")
     parts.append("".join(current))
     return parts
+
+
+def parse_column(text: str) -> str:
+    """A column name as the user wrote it: quoted as in SQL (``"organisationId"``, where
+    ``""`` is a quote), or bare (``tenant_id``, ``organisationId``: taken as written, not
+    folded, so a name copied from ``\\d`` works too). One syntax for every option and
+    playbook key that names a column. Raises ValueError on a malformed quoted name."""
+    stripped = text.strip()
+    if not stripped.startswith('"'):
+        return stripped
+    parts = split_qualified(stripped)
+    if len(parts) != 1:
+        raise ValueError(f"expected one column name, got {text!r}")
+    return parts[0]
 
 
 @dataclasses.dataclass(frozen=True)

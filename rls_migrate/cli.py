@@ -113,7 +113,8 @@ def _print_findings(findings: list[Any]) -> None:
 @dsn_option
 @click.option("--tenant-table", required=True, metavar="TABLE",
               help="the tenant root table, e.g. accounts or public.accounts")
-@click.option("--key", metavar="COLUMN", help="the root's key column (default: its primary key)")
+@click.option("--key", metavar="COLUMN",
+              help="the root's key column, as in SQL: id, '\"orgId\"' (default: its primary key)")
 @click.option("--app-role", metavar="ROLE", help="the role the application connects as")
 @click.option("--column", default="tenant_id", show_default=True,
               help="name of the tenant column added to derived tables")
@@ -134,20 +135,32 @@ def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | No
           -o playbooks/app.yaml
     Tables that need a decision are written as TODO; plan refuses until they are decided.
     """
+    from rls_migrate.catalog import parse_column
     from rls_migrate.discover import discover
     from rls_migrate.init import build_playbook_yaml, write_playbook
+    from rls_migrate.linkcounts import count_links
 
+    try:
+        key = parse_column(key) if key is not None else None
+        column = parse_column(column)
+    except ValueError as exc:
+        raise UsageError(f"--key/--column: {exc}") from None
     with connect(resolve_dsn(dsn)) as conn:
         catalog = Catalog.load(conn)
-    graph = discover(catalog, tenant_table, key=key, tenant_column=column, app_role=app_role)
+        graph = discover(catalog, tenant_table, key=key, tenant_column=column,
+                         app_role=app_role)
+        # The tables whose decision depends on how many rows a link leaves without a tenant.
+        link_counts = count_links(conn, graph)
     text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
-                               column=column, setting=setting)
+                               column=column, setting=setting, link_counts=link_counts)
     path = output or Path("playbooks") / f"{catalog.database}.yaml"
     write_playbook(path, text, force=force)
     counts = graph.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     click.echo(f"wrote {path}: {summary}")
-    todo = counts.get("needs_hint", 0) + counts.get("ambiguous", 0)
+    from rls_migrate.playbook import parse_playbook
+
+    todo = len(parse_playbook(text, str(path)).todos)
     if todo:
         click.echo(f"{todo} table(s) marked TODO need your decision before `rls-migrate plan`.")
 
@@ -173,26 +186,51 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
                    "sql for a runnable psql script")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
+@click.option("--target", type=click.Choice(["rls", "citus"]), default="rls",
+              show_default=True,
+              help="rls: the RLS rollout; citus: scale-out readiness (each table's role, every "
+                   "blocker and its fix) and, with --format sql, the distribution runbook")
+@click.option("--no-preflight", is_flag=True,
+              help="skip the data preflight (one scan per tenant table counting NULL tenant "
+                   "keys, NULL links and orphans, with sample keys)")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
-         output: Path | None) -> None:
+         output: Path | None, target: str, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
-    Reads the catalog; executes nothing.
+    Reads the catalog and, for the data preflight, the tenant tables (rows that will have
+    no tenant: NULL keys, NULL links, orphans, per table with sample keys); executes nothing.
 
     \b
     Examples:
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
+      rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
+      rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
     from rls_migrate.render import RENDERERS
 
+    if target == "citus" and stages:
+        raise UsageError("--stage does not go with --target citus (the readiness report "
+                         "covers every table)")
     pb, resolved = _load(playbook, dsn)
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
-        the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
-        text = RENDERERS[fmt](the_plan, catalog, conn)
+        if target == "citus":
+            from rls_migrate.citus.readiness import readiness_of
+            from rls_migrate.citus.render import RENDERERS as CITUS
+
+            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
+                              conn)
+        else:
+            the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+            if not no_preflight:
+                from rls_migrate.preflight import with_preflight
+
+                the_plan = with_preflight(conn, catalog, pb, the_plan)
+            text = RENDERERS[fmt](the_plan, catalog, conn)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")
@@ -210,21 +248,41 @@ def _configure(ctx: click.Context) -> None:
 
 
 def _progress(ctx: click.Context) -> Any:
-    from rls_migrate.executor import make_progress
+    from rls_migrate.progress import make_progress
 
     return None if ctx.obj.get("log_format") == "json" else make_progress()
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Any, rollback: bool = False) -> None:
     for out in result.outcomes:
         extra = ""
         if out.details.get("rows") is not None:
             extra = f" ({out.details['rows']} rows in {out.details.get('batches')} batches)"
+        reason = out.details.get("reason")
+        if reason and out.outcome in ("skipped", "done"):
+            extra += f" ({reason})"
         if out.error:
             extra += f": {out.error}"
         click.echo(f"  {out.outcome:<9} {out.step_id}{extra}")
-    click.echo(f"{result.stage}: {result.done} done, {result.skipped} already done, "
-               f"{result.failed} failed")
+    click.echo(f"{result.stage}: {_counts(result, rollback)}")
+
+
+def _counts(result: Any, rollback: bool) -> str:
+    """Honest counts: what this run did, what it found done (or, rolling back, had nothing
+    to undo), what failed; a dry run says what would run."""
+    parts = []
+    if result.dry_run:
+        would = sum(1 for o in result.outcomes if o.outcome == "would-run")
+        parts.append(f"{would} would {'be undone' if rollback else 'run'}")
+    elif rollback:
+        parts.append(f"{result.undone} undone")
+    else:
+        parts.append(f"{result.done} done")
+    if result.skipped:
+        parts.append(f"{result.skipped} " + ("with nothing to undo" if rollback
+                                             else "already done"))
+    parts.append(f"{result.failed} failed")
+    return ", ".join(parts)
 
 
 @cli.command()
@@ -271,6 +329,10 @@ def apply(ctx: click.Context, playbook: Path, stage: str, dsn: str | None, dry_r
     else:
         outcome = apply_stage(resolved, pb, stage, source=str(playbook), dry_run=dry_run,
                               force=force)
+    if outcome.forced:
+        seen = "; ".join(f"{k}: {v}" for k, v in outcome.forced.items() if k != "forced")
+        click.echo(f"WARNING: --force overrode the {stage} gate ({seen}); the override is "
+                   "journaled", err=True)
     _print_result(outcome.result)
     for note in outcome.notes:
         click.echo(f"note: {note}", err=True)
@@ -302,24 +364,44 @@ def status(playbook: Path, dsn: str | None, fmt: str) -> None:
     from rich.table import Table
 
     stages = [s for s in STAGES if any(s in row for row in report["matrix"].values())]
+    names = sorted(report["matrix"])
     table = Table(title="rls-migrate status")
-    table.add_column("table")
+    # Table names are what the reader looks for: never shortened, whatever the terminal.
+    table.add_column("table", no_wrap=True, min_width=max((len(n) for n in names), default=5))
     for name in stages:
-        table.add_column(name)
+        table.add_column(name, no_wrap=True)
     table.add_column("backfill")
-    for name, row in sorted(report["matrix"].items()):
+    for name in names:
+        row = report["matrix"][name]
         ck = report["backfill"].get(name)
         fill = ""
         if ck:
             fill = f"{ck['rows_done']:,} rows, {ck['batches']} batches" + (
                 " (finished)" if ck["finished"] else "")
         table.add_row(name, *(row.get(s, "-") for s in stages), fill)
-    Console(width=max(120, Console().width)).print(table)
+    needed = max((len(n) for n in names), default=5) + 12 * len(stages) + 40
+    Console(width=max(needed, Console().width), soft_wrap=False).print(table)
+    for entry in report.get("left_out", []):
+        click.echo(f"not migrated: {entry['table']} (strategy {entry['strategy']}"
+                   + (f": {entry['note']}" if entry.get("note") else "") + ")")
     for anomaly in report["anomalies"]:
         click.echo(f"{anomaly['kind']}s in {anomaly['table_name']}: {anomaly['count']} "
                    f"(sample keys: {anomaly['sample']})")
     for err in report["errors"]:
-        click.echo(f"last error: {err}")
+        click.echo(_error_line(err))
+
+
+def _error_line(err: dict[str, Any]) -> str:
+    """A journaled error as one readable line: where, when, what."""
+    where = " ".join(str(err[k]) for k in ("table_name", "stage") if err.get(k))
+    import datetime as dt
+
+    at = err.get("updated_at")
+    when = at.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if isinstance(at, dt.datetime) else (
+        str(at) if at else "")
+    message = " ".join(str(err.get("last_error") or "").split())
+    return f"last error{f' ({where}' + (f', {when}' if when else '') + ')' if where else ''}: " \
+           f"{message}"
 
 
 @cli.command()
@@ -330,25 +412,43 @@ def status(playbook: Path, dsn: str | None, fmt: str) -> None:
 @dsn_option
 @click.option("--drop-columns", is_flag=True,
               help="also drop the tenant columns add-column created (their data is lost)")
+@click.option("--drop-schema", is_flag=True,
+              help="with --to none: afterwards drop the rls_migrate schema too (journal, "
+                   "checkpoints, observe samples: the record of the migration is lost); "
+                   "refused while anything outside it still depends on it")
 @click.option("--dry-run", is_flag=True, help="show what would be undone")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @click.pass_context
 def rollback(ctx: click.Context, playbook: Path, target: str, dsn: str | None,
-             drop_columns: bool, dry_run: bool) -> None:
+             drop_columns: bool, drop_schema: bool, dry_run: bool, yes: bool) -> None:
     """Undo stages, latest first, with the same lock care as apply.
+
+    The rls_migrate schema (the journal: the record of what happened) stays unless
+    --drop-schema is given with --to none. On a terminal it asks first (--yes: do not).
 
     \b
     Examples:
-      rls-migrate rollback playbooks/app.yaml --to backfill     # drop constraints only
-      rls-migrate rollback playbooks/app.yaml --to none --drop-columns
+      rls-migrate rollback playbooks/app.yaml --to observe --yes   # the kill switch
+      rls-migrate rollback playbooks/app.yaml --to backfill        # drop constraints only
+      rls-migrate rollback playbooks/app.yaml --to none --drop-columns --drop-schema
     """
     from rls_migrate.runner import rollback_to
 
     _configure(ctx)
+    if drop_schema and target != "none":
+        raise UsageError(f"--drop-schema goes with --to none only (after --to {target} the "
+                         "remaining stages still need the rls_migrate schema)")
     pb, resolved = _load(playbook, dsn)
+    if not dry_run and not yes and sys.stdin.isatty():
+        what = "every stage" if target == "none" else f"every stage after {target}"
+        extra = "".join((" and drop the tenant columns" if drop_columns else "",
+                         " and drop the rls_migrate schema" if drop_schema else ""))
+        click.confirm(f"Undo {what}{extra}?", abort=True)
     for result in rollback_to(resolved, pb, target, source=str(playbook),
-                              drop_columns=drop_columns, dry_run=dry_run):
+                              drop_columns=drop_columns, drop_schema=drop_schema,
+                              dry_run=dry_run):
         if result.outcomes:
-            _print_result(result)
+            _print_result(result, rollback=True)
 
 
 # --------------------------------------------------------------------------- demo

@@ -53,7 +53,7 @@ The contract:
 
 ``Executor.before_retry_hooks[kind]`` is called as ``(executor, step, error)`` before each
 retry of a step of that kind (e.g. drop the INVALID index a failed CIC left, with
-:func:`drop_invalid_index`).
+:func:`rls_migrate.stages.index.build_watcher.drop_invalid_index`).
 """
 
 from __future__ import annotations
@@ -62,24 +62,22 @@ import contextlib
 import dataclasses
 import datetime as dt
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, ClassVar, Protocol, TextIO, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
 from structlog.typing import FilteringBoundLogger
 
 from rls_migrate import logs
-from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import RlsMigrateError, StepFailed
 from rls_migrate.journal import Journal
+from rls_migrate.lockholders import describe_holder, lock_holders
 from rls_migrate.playbook import Options
+from rls_migrate.progress import ProgressHook
 from rls_migrate.steps import Lock, StagePlan, Step
 
 T = TypeVar("T")
@@ -92,27 +90,6 @@ TRANSIENT_RETRIES = 3
 
 _RETRY_ON_LOCK = (psycopg.errors.LockNotAvailable,)
 _RETRY_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-
-# pg_locks modes each mode conflicts with (PostgreSQL docs, "Table-Level Lock Modes").
-_ALL_MODES = frozenset({
-    "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
-})
-_CONFLICTS: dict[str, frozenset[str]] = {
-    "AccessShareLock": frozenset({"AccessExclusiveLock"}),
-    "RowShareLock": frozenset({"ExclusiveLock", "AccessExclusiveLock"}),
-    "RowExclusiveLock": frozenset(
-        {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}),
-    "ShareUpdateExclusiveLock": frozenset(
-        {"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
-         "AccessExclusiveLock"}),
-    "ShareLock": frozenset(
-        {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock",
-         "ExclusiveLock", "AccessExclusiveLock"}),
-    "ShareRowExclusiveLock": _ALL_MODES - {"AccessShareLock", "RowShareLock"},
-    "ExclusiveLock": _ALL_MODES - {"AccessShareLock"},
-    "AccessExclusiveLock": _ALL_MODES,
-}
 
 
 class Interrupted(RlsMigrateError):
@@ -215,165 +192,6 @@ class StageResult:
             if o.step_id == step_id:
                 return o
         raise KeyError(step_id)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class ProgressHook(Protocol):
-    """What the executor tells a progress display."""
-
-    def stage_started(self, stage: str, total: int) -> None: ...
-
-    def step_started(self, step: Step) -> None: ...
-
-    def step_advance(self, step: Step, completed: float, total: float | None) -> None: ...
-
-    def step_finished(self, step: Step, outcome: str) -> None: ...
-
-    def stage_finished(self, stage: str) -> None: ...
-
-
-class RichProgress:
-    """A ``rich`` progress bar per stage (advanced per step) and, for steps that report
-    their own progress (a backfill's rows), a bar per step. Use as a context manager."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskID,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(file=stream if stream is not None else sys.stderr),
-        )
-        self._stages: dict[str, TaskID] = {}
-        self._steps: dict[str, TaskID] = {}
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._progress.stop()
-
-    def stage_started(self, stage: str, total: int) -> None:
-        self._stages[stage] = self._progress.add_task(stage, total=total)
-
-    def step_started(self, step: Step) -> None:
-        task = self._stages.get(step.stage)
-        if task is not None:
-            self._progress.update(task, description=f"{step.stage}: {step.id}")
-
-    def step_advance(self, step: Step, completed: float, total: float | None) -> None:
-        task = self._steps.get(step.id)
-        if task is None:
-            task = self._steps[step.id] = self._progress.add_task(f"  {step.id}", total=total)
-        self._progress.update(task, completed=completed, total=total)
-
-    def step_finished(self, step: Step, outcome: str) -> None:
-        task = self._stages.get(step.stage)
-        if task is not None:
-            self._progress.advance(task)
-        step_task = self._steps.pop(step.id, None)
-        if step_task is not None:
-            self._progress.remove_task(step_task)
-
-    def stage_finished(self, stage: str) -> None:
-        task = self._stages.get(stage)
-        if task is not None:
-            self._progress.update(task, description=stage)
-
-
-def make_progress(stream: TextIO | None = None) -> RichProgress | None:
-    """A progress display, or None when it would garble the output: JSON logs, or a stream
-    that is not a terminal."""
-    out = stream if stream is not None else sys.stderr
-    if logs.log_format() == "json":
-        return None
-    try:
-        tty = out.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return RichProgress(out) if tty else None
-
-
-# --------------------------------------------------------------------------- lock holders
-
-
-def lock_holders(
-    conn: Conn, table_qname: QualifiedName | str, *, conflicting_with: Lock | None = None
-) -> list[dict[str, Any]]:
-    """Sessions other than ours holding a granted lock on ``table_qname``, oldest
-    transaction first: pid, mode, application_name, usename, client_addr, state,
-    xact_age_ms, query. With ``conflicting_with``, only the locks that conflict with it
-    (all of them if none does: a step may take more than it declares)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT l.pid, l.mode, l.virtualtransaction, a.application_name, a.usename, "
-            "       a.client_addr::text AS client_addr, a.state, a.backend_start, "
-            "       extract(epoch FROM clock_timestamp() - a.xact_start) * 1000 "
-            "         AS xact_age_ms, "
-            "       left(a.query, 200) AS query "
-            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'relation' AND l.granted "
-            "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "  AND l.relation = to_regclass(%s) "
-            "  AND l.pid IS DISTINCT FROM pg_backend_pid() "
-            "ORDER BY a.xact_start NULLS LAST, l.pid",
-            [str(table_qname)],
-        )
-        holders = cur.fetchall()
-    if conflicting_with is not None and conflicting_with is not Lock.NONE:
-        wanted = _CONFLICTS.get(conflicting_with.pg_mode, _ALL_MODES)
-        conflicting = [h for h in holders if h["mode"] in wanted]
-        if conflicting:
-            return conflicting
-    return holders
-
-
-def describe_holder(holder: Mapping[str, Any]) -> str:
-    """``pid 4242 ('worker', user 'app', idle in transaction, transaction open 12.3 s,
-    holds AccessShareLock): 'SELECT ...'``."""
-    if holder.get("pid") is None:
-        return (f"a prepared transaction ({holder.get('virtualtransaction')}, "
-                f"holds {holder.get('mode')}): see pg_prepared_xacts")
-    age = holder.get("xact_age_ms")
-    open_for = f", transaction open {float(age) / 1000:.1f} s" if age is not None else ""
-    query = holder.get("query") or ""
-    return (
-        f"pid {holder['pid']} ({holder.get('application_name') or ''!r}, "
-        f"user {holder.get('usename')!r}, {holder.get('state') or 'state unknown'}{open_for}, "
-        f"holds {holder.get('mode')}): {query[:120]!r}"
-    )
-
-
-def drop_invalid_index(conn: Conn, schema: str, name: str) -> bool:
-    """Drop ``schema.name`` concurrently if it exists and is INVALID (what a failed or
-    interrupted ``CREATE INDEX CONCURRENTLY`` leaves). ``conn`` must be in autocommit.
-    Returns whether it dropped one."""
-    row = conn.execute(
-        "SELECT NOT i.indisvalid FROM pg_index i "
-        "JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s",
-        [schema, name],
-    ).fetchone()
-    if not row or not row[0]:
-        return False
-    conn.execute(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
-    )
-    return True
 
 
 # --------------------------------------------------------------------------- the executor

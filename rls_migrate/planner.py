@@ -60,11 +60,11 @@ def global_risks(ctx: PlanContext) -> list[str]:
                    f": ALTER VIEW {view.qname} SET (security_invoker = true)")
             risks.append(f"view {view.qname} over {', '.join(over)} bypasses RLS: {how}{fix}")
     for entry in ctx.tenant_tables:
-        for con in entry.global_uniques:
+        for unique in entry.global_uniques:
             risks.append(
-                f"{entry.qname}: UNIQUE ({', '.join(con.columns)}) is global: an insert "
-                "reveals that another tenant already has the value; consider tenant_unique "
-                f"({entry.column}, {', '.join(con.columns)})")
+                f"{entry.qname}: {unique} is global: an insert reveals that another tenant "
+                f"already has the value; consider tenant_unique: [[{unique.suggestion}]] "
+                "(unique within each tenant)")
         if entry.table.primary_key is None and entry.added:
             risks.append(f"{entry.qname} has no primary key: backfilled by physical ranges")
     for fn in ctx.catalog.functions:

@@ -19,9 +19,10 @@ from rls_migrate import journal as journal_mod
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
-from rls_migrate.executor import Executor, ProgressHook, StageResult, StepOutcome, _now
+from rls_migrate.executor import Executor, StageResult, StepOutcome, _now
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
+from rls_migrate.progress import ProgressHook
 from rls_migrate.stages.backfill import run_backfill
 from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles
@@ -90,6 +91,7 @@ class ApplyResult:
     result: StageResult
     plan: StagePlan
     notes: list[str] = dataclasses.field(default_factory=list)
+    forced: dict[str, Any] | None = None  # what --force overrode (journaled), if anything
 
 
 def _open(dsn: str, command: str) -> psycopg.Connection[Any]:
@@ -174,10 +176,13 @@ def apply_stage(
         elif journal_mod.schema_revision(conn) is None:
             raise GateClosed("the rls_migrate schema does not exist: run "
                              "`rls-migrate apply PLAYBOOK --stage prepare` first")
+        revision_before = journal_mod.schema_revision(conn)
+        created_schema = False
         if stage == "prepare" and not dry_run:
             # The journal lives in the schema: create or upgrade it before anything is
             # journaled (a newer toolkit takes over a half-finished migration here).
             journal_mod.upgrade_schema(conn)
+            created_schema = revision_before != journal_mod.schema_revision(conn)
         if dry_run and journal_mod.schema_revision(conn) is None:
             return ApplyResult(stage, StageResult(stage, tuple(
                 StepOutcome.finish(s, "would-run", started=_now()) for s in plan.stage(stage)),
@@ -189,6 +194,12 @@ def apply_stage(
             # The gate first: a refused stage leaves no half-open run in the journal.
             gate = GATES.get(stage)
             override = gate(conn, playbook, force) if gate is not None else None
+            if override:
+                executor.log.warning("gate.forced", stage=stage, dry_run=dry_run,
+                                     **{k: v for k, v in override.items() if k != "stage"})
+            elif force:
+                notes.append(f"--force changed nothing: stage {stage} "
+                             + ("has no gate" if gate is None else "passed its gate"))
             run_id = journal.start_run(f"apply {stage}", stage) if not dry_run else None
             if override and not dry_run:
                 journal.record_override(stage, override)
@@ -201,7 +212,20 @@ def apply_stage(
                 # error is the one to report.
                 if run_id is not None and not conn.broken:
                     journal.finish_run(outcome)
-        return ApplyResult(stage, result, plan.stage(stage), notes)
+        if stage == "prepare" and created_schema:
+            result = _schema_created(result, revision_before)
+        return ApplyResult(stage, result, plan.stage(stage), notes, override or None)
+
+
+def _schema_created(result: StageResult, before: str | None) -> StageResult:
+    """prepare creates (or upgrades) the rls_migrate schema before its steps run, since the
+    journal lives there: the upgrade step then finds it done. Say what this run did."""
+    outcomes = tuple(
+        dataclasses.replace(o, outcome="done", details={
+            **o.details, "reason": "created" if before is None else f"upgraded from {before}"})
+        if o.kind == "upgrade_schema" and o.outcome == "skipped" else o
+        for o in result.outcomes)
+    return dataclasses.replace(result, outcomes=outcomes)
 
 
 def rollback_to(
@@ -211,12 +235,18 @@ def rollback_to(
     *,
     source: str = "playbook",
     drop_columns: bool = False,
+    drop_schema: bool = False,
     dry_run: bool = False,
     progress: ProgressHook | None = None,
 ) -> list[StageResult]:
-    """Undo every stage after ``target`` (``none``: all of them), latest first."""
+    """Undo every stage after ``target`` (``none``: all of them), latest first. With
+    ``drop_schema`` (only with ``none``), the ``rls_migrate`` schema goes too once every
+    stage is undone: journal, checkpoints and samples with it (see :func:`drop_toolkit_schema`)."""
     if target not in ROLLBACK_TARGETS:
         raise UsageError(f"--to must be one of {', '.join(ROLLBACK_TARGETS)}, got {target!r}")
+    if drop_schema and target != "none":
+        raise UsageError(f"--drop-schema goes with --to none only (after --to {target} the "
+                         "remaining stages still need the rls_migrate schema)")
     undo = [s for s in reversed(STAGES)
             if target == "none" or STAGES.index(s) > STAGES.index(target)]
     results: list[StageResult] = []
@@ -255,7 +285,62 @@ def rollback_to(
                     for step in stage.steps:
                         if step.kind == "add_column" and step.table is not None:
                             journal.reset_backfill(step.table)
+        if drop_schema and not dry_run:
+            failed = sum(r.failed for r in results)
+            if failed:
+                raise StepFailed(f"--drop-schema: {failed} step(s) could not be undone, so the "
+                                 "rls_migrate schema (and its journal) stays; fix them and run "
+                                 "the rollback again")
+            results.append(drop_toolkit_schema(conn, playbook.options.lock_timeout))
     return results
+
+
+def drop_toolkit_schema(conn: psycopg.Connection[Any], lock_timeout_ms: float) -> StageResult:
+    """``DROP SCHEMA rls_migrate CASCADE``, refused (rolled back) when anything outside the
+    schema depends on it: a policy, trigger or default on an application table still calls
+    a toolkit function, so dropping it would change the application's tables. The journal
+    is the record of what happened: this is for after ``rollback --to none``, when nobody
+    needs it any more."""
+    started = _now()
+    cascaded: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.message_detail:
+            cascaded.extend(line.removeprefix("drop cascades to ").strip()
+                            for line in diag.message_detail.splitlines())
+        elif diag.message_primary and diag.message_primary.startswith("drop cascades to "):
+            cascaded.append(diag.message_primary.removeprefix("drop cascades to ").strip())
+
+    conn.add_notice_handler(collect)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                         " set_config('client_min_messages', 'notice', true)",
+                         [f"{int(lock_timeout_ms)}ms"])
+            conn.execute("DROP SCHEMA IF EXISTS rls_migrate CASCADE")
+            outside = [obj for obj in cascaded if "rls_migrate." not in obj]
+            if outside:
+                raise _Outside(outside)
+    except _Outside as exc:
+        shown = "; ".join(exc.objects[:5]) + (f" and {len(exc.objects) - 5} more"
+                                              if len(exc.objects) > 5 else "")
+        raise PrerequisiteError(
+            f"--drop-schema: not dropped (nothing changed): objects outside the rls_migrate "
+            f"schema still depend on it: {shown}") from None
+    finally:
+        conn.remove_notice_handler(collect)
+    step = Step(id="drop_schema:rls_migrate", stage="prepare", kind="drop_schema", table=None,
+                description="DROP SCHEMA rls_migrate CASCADE", statements=(),
+                lock=Lock.ACCESS_EXCLUSIVE)
+    outcome = StepOutcome.finish(step, "undone", started=started, attempts=1,
+                                 details={"objects": len(cascaded)})
+    return StageResult("rollback prepare", (outcome,))
+
+
+class _Outside(Exception):
+    def __init__(self, objects: list[str]) -> None:
+        super().__init__(objects)
+        self.objects = objects
 
 
 def _journaled_not_planned(journal: journal_mod.Journal, plan: Plan, stages: Sequence[str]
@@ -331,9 +416,15 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
             "backfill": checkpoints,
             "anomalies": [dataclasses.asdict(a) for a in journal.anomalies()],
             "errors": [dataclasses.asdict(r) for r in journal.status_rows() if r.last_error],
+            "left_out": [{"table": str(q), "strategy": p.strategy, "note": p.note}
+                         for q, p in sorted(playbook.table_plans())
+                         if p.strategy in ("skip", "global", "TODO")],
         }
 
 
 __all__ = ["APPLICABLE", "ApplyResult", "StepFailed", "apply_stage", "rollback_to", "status"]
 
+from rls_migrate import preflight as _preflight  # noqa: E402
 from rls_migrate import report as _report  # noqa: E402, F401  (registers the enforce gate)
+
+_preflight.register_gates()  # backfill and constrain refuse up front on rows without a tenant

@@ -14,7 +14,7 @@ from enforce_helpers import clone
 
 from rls_migrate import samples
 from rls_migrate.check import check
-from rls_migrate.playbook import dump_playbook
+from rls_migrate.playbook import TablePlan, dump_playbook
 from rls_migrate.testing import servers
 
 APP = samples.APP_ROLE
@@ -48,13 +48,72 @@ def test_check_with_the_playbook(pg_server: servers.PostgresServer, make_factory
         assert code == 1
         assert "2 of 18 table(s)" in out
         assert "public.labels (account_id): row-level security is not enabled" in out
-        assert "public.invoices (tenant_id): row-level security is not enabled" in out
+        assert ("public.invoices (tenant_id): not in the playbook: add it (rls-migrate init "
+                "shows how it reaches the tenant) and run the stages, or mark it skip with a "
+                "note saying why; row-level security is not enabled") in out
 
         code, out, _ = run_main(capsys, "check", "--dsn", sample.dsn, "--playbook", str(path),
                                 "--format", "json")
         data = json.loads(out)
         assert code == 1 and data["ok"] is False
         assert [o["table"] for o in data["offenders"]] == ["public.invoices", "public.labels"]
+        assert data["warnings"] == []
+
+
+def test_check_finds_tenant_data_under_any_name(
+        pg_server: servers.PostgresServer, make_factory: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Next month's tables: a foreign key to the root under another name, one to a tenant
+    table, a quoted mixed-case integer column; and tables the playbook skips, with and
+    without a note, that hold the toolkit's own tenant column."""
+    with clone(pg_server, make_factory, "enforce") as sample:
+        with psycopg.connect(sample.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE payouts (id bigint PRIMARY KEY,"
+                         " company_id bigint REFERENCES accounts(id))")
+            conn.execute('CREATE TABLE "IssueNote" (id integer PRIMARY KEY,'
+                         ' "issueRef" bigint NOT NULL REFERENCES issues(id))')
+            conn.execute("CREATE TABLE scratch (id int PRIMARY KEY, tenant_id bigint)")
+            conn.execute("CREATE TABLE exports (id int PRIMARY KEY, tenant_id bigint)")
+            conn.execute("CREATE TABLE currencies (code text PRIMARY KEY)")
+        tables = dict(sample.playbook.tables)
+        tables["public.scratch"] = TablePlan(strategy="skip",
+                                             note="a staging copy the nightly job truncates")
+        tables["public.exports"] = TablePlan(strategy="skip")
+        path = tmp_path / "app.yaml"
+        path.write_text(dump_playbook(sample.playbook.model_copy(update={"tables": tables})))
+        code, out, err = run_main(capsys, "check", "--dsn", sample.dsn, "--playbook", str(path))
+        assert code == 1 and not err, err
+        assert out.startswith("check FAILED: 3 of 21 table(s)"), out
+        assert "  public.payouts (company_id): not in the playbook" in out
+        assert "checked because: holds the tenant key (foreign key payouts_company_id_fkey" in out
+        assert '  public."IssueNote": not in the playbook' in out
+        assert ('checked because: derived from the tenant through "issueRef" -> public.issues(id)'
+                ' ("IssueNote" -> issues)') in out  # issues carries tenant_id since the migration
+        assert "it has no tenant column, so no policy can filter it" in out
+        assert ("  public.exports (tenant_id): row-level security is not enabled" in out)
+        assert "the playbook has strategy skip, without a note saying why" in out
+        assert "1 left out on purpose:" in out
+        assert ("  WARNING public.scratch (tenant_id): row-level security is not enabled" in out)
+        assert "(a staging copy the nightly job truncates)" in out
+        assert "currencies" not in out
+
+        # Without a playbook: the tenant table is enough to find them.
+        code, out, _ = run_main(capsys, "check", "--dsn", sample.dsn, "--tenant-table",
+                                "accounts", "--format", "json")
+        data = json.loads(out)
+        offenders = {o["table"] for o in data["offenders"]}
+        assert {"public.payouts", 'public."IssueNote"', "public.scratch",
+                "public.exports"} <= offenders
+        assert "public.issues" not in offenders and "public.currencies" not in offenders
+
+        # Bad input: one clear line, nothing checked.
+        code, out, err = run_main(capsys, "check", "--dsn", sample.dsn, "--playbook", str(path),
+                                  "--tenant-table", "accounts")
+        assert code == 2 and not out and err.startswith("error: --tenant-table and --key go")
+        code, out, err = run_main(capsys, "check", "--dsn", sample.dsn, "--tenant-table",
+                                  "acounts")
+        assert code == 2 and "tenant table public.acounts not found" in err, err
+        assert "did you mean" in err
 
 
 def _schema(dsn: str) -> None:
@@ -114,3 +173,17 @@ def test_check_cli_without_playbook(empty_db: str, capsys: pytest.CaptureFixture
     assert code == 0 and "no table holds org_id" in out
     code, _, err = run_main(capsys, "check", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2")
     assert code == 4 and err.startswith("error: cannot connect")
+
+
+def test_check_column_in_identifier_syntax(empty_db: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`--column` takes a name as SQL writes it, like init: quoted keeps the case."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "Team" (id text PRIMARY KEY, "organisationId" integer)')
+    for spelling in ('"organisationId"', "organisationId"):
+        code, out, err = run_main(capsys, "check", "--dsn", empty_db, "--column", spelling)
+        assert code == 1 and not err
+        assert out.startswith("check FAILED: 1 of 1 table(s) that hold organisationId"), out
+        assert '  public."Team" (organisationId): row-level security is not enabled' in out
+    code, out, err = run_main(capsys, "check", "--dsn", empty_db, "--column", '"org')
+    assert code == 2 and not out and err.startswith("error: --column: unterminated quoted name")

@@ -320,7 +320,7 @@ def test_hint_candidates_one_to_one_polymorphic_and_chained(empty_db: str) -> No
     # Referenced one-to-one (unique column) by the root: the tenant's own row.
     billing = graph.tables[q("billing_profiles")]
     assert billing.kind == "needs_hint"
-    assert [str(h) for h in billing.options] == ["id -> public.accounts(billing_profile_id)"]
+    assert [str(h) for h in billing.options] == ["id <- public.accounts(billing_profile_id)"]
     assert "one-to-one" in billing.options[0].evidence
     assert [str(h) for h in graph.tables[q("audit")].options] == [
         "issue_id -> public.issues(id)"]

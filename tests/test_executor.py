@@ -22,16 +22,11 @@ from rls_migrate import journal as jr
 from rls_migrate import logs
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import StepFailed
-from rls_migrate.executor import (
-    Executor,
-    Interrupted,
-    RichProgress,
-    StepOutcome,
-    drop_invalid_index,
-    lock_holders,
-    make_progress,
-)
+from rls_migrate.executor import Executor, Interrupted, StepOutcome
+from rls_migrate.lockholders import lock_holders
 from rls_migrate.playbook import Options
+from rls_migrate.progress import RichProgress, make_progress
+from rls_migrate.stages.index.build_watcher import drop_invalid_index
 from rls_migrate.steps import Lock, StagePlan, Step
 
 T = QualifiedName("public", "t")

@@ -36,7 +36,8 @@ from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook, dump_playbook
 from rls_migrate.runner import apply_stage, rollback_to
-from rls_migrate.stages.index import IndexShape, build_progress
+from rls_migrate.stages.index.build_watcher import build_progress
+from rls_migrate.stages.index.shapes import IndexShape
 from rls_migrate.steps import Step
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums

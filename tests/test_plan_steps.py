@@ -129,7 +129,8 @@ def test_direct_table_users(sample: Sample, conn: Conn) -> None:
         ' ("account_id", "id")',
     ]
     assert (index.lock, index.transactional) == (Lock.SHARE_UPDATE_EXCLUSIVE, False)
-    assert any(r.startswith("public.users: UNIQUE (email) is global") for r in sample.plan.risks)
+    assert any(r.startswith("public.users: users_email_key UNIQUE (email) is global")
+               and "tenant_unique: [[email]]" in r for r in sample.plan.risks)
     enforce = step(sample.plan, "enforce:public.users")
     assert texts(enforce, conn)[0] == (
         'ALTER POLICY "rls_migrate_tenant" ON "public"."users" USING ("account_id" = (SELECT '
@@ -161,12 +162,14 @@ def test_one_hop_derived_issues(sample: Sample, conn: Conn) -> None:
     ]
     body = texts(step(plan, f"sync_trigger:{t}"), conn)[0]
     assert body.startswith('CREATE OR REPLACE FUNCTION "rls_migrate"."sync_issues"() RETURNS '
-                           "trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ")
-    assert ('SELECT p."account_id" INTO NEW."tenant_id" FROM "public"."projects" AS p '
+                           "trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = "
+                           "pg_catalog, pg_temp AS ")
+    assert ('SELECT p."account_id" INTO rlsm_found FROM "public"."projects" AS p '
             'WHERE p."id" = NEW."project_id";') in body
     assert texts(step(plan, f"tenant_fk:{t}"), conn) == [
         'ALTER TABLE "public"."issues" ADD CONSTRAINT "issues_tenant_id_rlsm_fkey" FOREIGN KEY '
-        '("tenant_id") REFERENCES "public"."accounts" ("id") NOT VALID']
+        '("tenant_id") REFERENCES "public"."accounts" ("id") DEFERRABLE INITIALLY DEFERRED '
+        'NOT VALID']
 
     backfill = step(plan, f"backfill:{t}")
     spec = backfill.backfill
@@ -216,7 +219,7 @@ def test_two_hop_derived_comments_take_the_key_from_issues(sample: Sample, conn:
         'UPDATE "public"."comments" AS c SET "tenant_id" = p."tenant_id" FROM "public"."issues"'
         ' AS p WHERE p."id" = c."issue_id" AND c."tenant_id" IS NULL')
     body = texts(step(plan, "sync_trigger:public.comments"), conn)[0]
-    assert ('SELECT p."tenant_id" INTO NEW."tenant_id" FROM "public"."issues" AS p '
+    assert ('SELECT p."tenant_id" INTO rlsm_found FROM "public"."issues" AS p '
             'WHERE p."id" = NEW."issue_id";') in body
     # Three hops: attachments read comments, which are filled before them.
     attachments = step(plan, "backfill:public.attachments").backfill
@@ -308,7 +311,8 @@ def test_table_without_primary_key_audit_log(sample: Sample, conn: Conn) -> None
     stages = by_stage(plan, q("audit_log"))
     assert stages["constrain"] == [(f"validate_tenant_fk:{t}", "validate_constraint")]
     assert stages["index"] == [(f"create_index:{t}:audit_log_tenant_id_rlsm_idx", "create_index")]
-    assert any(n.startswith(f"{t}: orphans are skipped") for n in plan.stage("constrain").notes)
+    assert any(n.startswith(f"{t}: tenant_id stays nullable (a hint whose orphans are skipped")
+               for n in plan.stage("constrain").notes)
     backfill = step(plan, f"backfill:{t}")
     spec = backfill.backfill
     assert spec is not None

@@ -121,7 +121,8 @@ CATALOG_CASES = (
          ("roles.app: no role 'app_usr' in the database",)),
     Case("unresolved-todo", 'public.audit_log: {strategy: hint, parent: "issue_id -> '
          'public.issues(id)"}', 'public.audit_log: {strategy: TODO, note: "no foreign key"}',
-         ("undecided (TODO) tables: public.audit_log: no foreign key",)),
+         ("undecided (TODO) tables: 1; decide each one in the playbook:\n"
+          "    - public.audit_log: no foreign key",)),
     Case("global-parent", "public.projects: {strategy: direct, column: account_id}",
          "public.projects: {strategy: global}",
          ("tables.public.issues.parent: public.projects is not tenant-scoped in this playbook",

@@ -43,8 +43,8 @@ from .ops import (
     ForceRlsOp,
     NoForceRlsOp,
     ObserveTenantPolicyOp,
-    _PolicyOp,
 )
+from .ops.policies import PolicyOp
 from .runtime import RlsOperationError
 
 INFO_KEY = "rls"
@@ -250,7 +250,7 @@ renderers.dispatch_for(NoForceRlsOp)(_render_flags("no_force_rls"))
 
 
 def _render_policy(name: str) -> Any:
-    def render(autogen_context: AutogenContext, op: _PolicyOp) -> str:
+    def render(autogen_context: AutogenContext, op: PolicyOp) -> str:
         spec = op.spec
         mode = {"mode": (getattr(op, "mode", "enforce"), "enforce")}
         if name in ("observe_tenant_policy", "enforce_tenant_policy"):

@@ -25,7 +25,7 @@ from psycopg.pq import TransactionStatus
 
 from rls_migrate.catalog import Catalog, QualifiedName, quote_ident
 from rls_migrate.errors import RlsMigrateError
-from rls_migrate.executor import describe_holder, lock_holders
+from rls_migrate.lockholders import describe_holder, lock_holders
 from rls_migrate.playbook import Options, ParentRef, Playbook, Roles, TablePlan, Tenant
 from rls_migrate.stages.common import PlanContext, TenantTable, regclass_text
 from rls_migrate.steps import Lock

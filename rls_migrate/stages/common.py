@@ -11,10 +11,11 @@ from typing import LiteralString
 
 from psycopg import sql
 
-from rls_migrate.catalog import Catalog, Column, Constraint, QualifiedName, Table
+from rls_migrate.catalog import Catalog, Column, Index, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
 from rls_migrate.sqlcompose import compose
+from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
 
 TOOLKIT_SCHEMA = "rls_migrate"
@@ -22,6 +23,86 @@ MAX_IDENT = 63
 # Throughput assumed for estimates when nothing better is known (rows per second).
 ESTIMATED_BACKFILL_ROWS_PER_S = 50_000.0
 ESTIMATED_INDEX_BYTES_PER_S = 40_000_000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalUnique:
+    """A uniqueness that spans tenants: a UNIQUE constraint, or a unique index without one
+    (Rails' ``add_index ..., unique: true`` and Prisma's ``@unique`` emit ``CREATE UNIQUE
+    INDEX``), partial and expression ones included. ``keys`` is the key as the server prints
+    it (``slug``, ``lower(email)``); ``columns`` the bare columns among them."""
+
+    name: str
+    what: str  # "constraint" | "index"
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+    predicate: str | None
+
+    @property
+    def plain(self) -> bool:
+        """Bare columns, no predicate: ``tenant_unique`` can name it by its columns."""
+        return self.predicate is None and len(self.columns) == len(self.keys)
+
+    @property
+    def suggestion(self) -> str:
+        """What ``tenant_unique`` takes for it: its columns, or its name (expression or
+        partial indexes)."""
+        return ", ".join(quote_ident(c) for c in self.columns) if self.plain else \
+            quote_ident(self.name)
+
+    def __str__(self) -> str:
+        kind = "UNIQUE" if self.what == "constraint" else "unique index"
+        where = f" WHERE {self.predicate}" if self.predicate else ""
+        return f"{quote_ident(self.name)} {kind} ({', '.join(self.keys)}){where}"
+
+
+def index_keys(index: Index) -> tuple[str, ...]:
+    """The key list of an index as ``pg_get_indexdef`` prints it (expressions included,
+    INCLUDE columns not): ``CREATE UNIQUE INDEX i ON t USING btree (lower(email), org)``
+    -> ``("lower(email)", "org")``. Falls back to the key columns when the text has another
+    form."""
+    text = index.definition
+    start = -1
+    for i, ch, depth in scan(text):
+        if depth == 0 and ch == "(" and text[:i].rstrip().rsplit(" ", 2)[-2:-1] == ["USING"]:
+            start = i
+            break
+    if start >= 0:
+        parts: list[str] = []
+        last = start + 1
+        for i, ch, depth in scan(text):
+            if i <= start:
+                continue
+            if depth == 1 and ch == ",":
+                parts.append(text[last:i].strip())
+                last = i + 1
+            elif depth == 0 and ch == ")":
+                parts.append(text[last:i].strip())
+                return tuple(parts)
+    return tuple(c if c is not None else "<expression>" for c in index.columns)
+
+
+def global_uniques(table: Table, column: str) -> list[GlobalUnique]:
+    """Unique constraints and unique indexes of ``table`` whose key does not hold the tenant
+    ``column``: they span tenants, so an insert reveals that another tenant already has the
+    value. Primary keys, indexes of a partition (its parent's are reported) and the
+    toolkit's own tenant-scoped ones are left out; an index that is not valid yet but ready
+    counts (inserts check it already)."""
+    found: list[GlobalUnique] = []
+    backing = {c.index_name for c in table.constraints if c.index_name}
+    for con in table.constraints:
+        if con.kind == "u" and column not in con.columns:
+            found.append(GlobalUnique(con.name, "constraint",
+                                      tuple(quote_ident(c) for c in con.columns),
+                                      con.columns, None))
+    for idx in table.indexes:
+        if (not idx.is_unique or idx.is_primary or not idx.is_ready or idx.parent_index
+                or idx.name in backing or column in idx.columns):
+            continue
+        found.append(GlobalUnique(idx.name, "index", index_keys(idx),
+                                  tuple(c for c in idx.columns if c is not None),
+                                  idx.predicate))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +114,15 @@ class TenantTable:
     plan: TablePlan
     column: str  # the column that holds the tenant key (existing or added)
     added: bool  # the toolkit adds and fills ``column``
+    # Where the tenant comes from: the parent (derive, hint) or, for an owned table, the
+    # owner that points at it (``columns`` on this table, ``ref_columns`` on the owner).
     parent: ParentRef | None
-    parent_column: str | None  # the tenant column on the parent table
+    parent_column: str | None  # the tenant column on the parent (owner) table
+
+    @property
+    def owned(self) -> bool:
+        """A reverse one-to-one row: its tenant comes from the row that points at it."""
+        return self.plan.strategy == "owned"
 
     @property
     def ident(self) -> sql.Identifier:
@@ -45,11 +133,10 @@ class TenantTable:
         return self.plan.strategy
 
     @property
-    def global_uniques(self) -> list[Constraint]:
-        """UNIQUE constraints without the tenant column: they span tenants, so an insert
-        reveals that another tenant already has the value."""
-        return [c for c in self.table.constraints
-                if c.kind == "u" and self.column not in c.columns]
+    def global_uniques(self) -> list[GlobalUnique]:
+        """Unique constraints and unique indexes without the tenant column (see
+        :func:`global_uniques`)."""
+        return global_uniques(self.table, self.column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +165,11 @@ class PlanContext:
             column = self.playbook.tenant_column(qname)
             assert column is not None
             parent_column = None
-            if plan.parent is not None:
-                parent_column = self.playbook.tenant_column(plan.parent.qname)
+            link = plan.link
+            if link is not None:
+                parent_column = self.playbook.tenant_column(link.qname)
             entries[qname] = TenantTable(
-                qname, table, plan, column, plan.strategy in ("derive", "hint"), plan.parent,
+                qname, table, plan, column, plan.strategy in ("derive", "hint", "owned"), link,
                 parent_column)
         return tuple(_parents_first(entries))
 
@@ -101,6 +189,46 @@ class PlanContext:
         root = self.catalog.tables.get(self.root)
         col = root.column(self.playbook.tenant.key) if root else None
         return col.type if col else self.key_type
+
+    def tenant_type(self, entry: TenantTable) -> str:
+        """The SQL type of ``entry``'s tenant column as the catalog has it; for a column the
+        toolkit has yet to add, the root key's type (what add-column gives it). A Rails
+        ``account_id bigint`` under an ``accounts.id integer`` root keeps its bigint."""
+        column = entry.table.column(entry.column)
+        return column.type if column is not None else self.key_column_type()
+
+    def parent_tenant_type(self, entry: TenantTable) -> str:
+        """The type of the tenant column on ``entry``'s parent (the row it takes its tenant
+        from)."""
+        assert entry.parent is not None
+        parent = self.tenant_table(entry.parent.qname)
+        if parent is None:
+            return self.key_column_type()
+        return self.tenant_type(parent)
+
+    def parent_tenant_sql(self, entry: TenantTable) -> sql.Composable:
+        """``p.<parent's tenant column>``, cast to ``entry``'s tenant type where the two
+        differ (``(p.account_id)::integer`` for a bigint parent under an integer root)."""
+        assert entry.parent_column is not None
+        return cast_sql(compose("p.{}", sql.Identifier(entry.parent_column)),
+                        self.parent_tenant_type(entry), self.tenant_type(entry))
+
+    def parent_match(self, entry: TenantTable, child: str) -> sql.Composed:
+        """:func:`parent_match` with the child's link columns cast to the parent's types
+        where PostgreSQL has no operator between the two (a text link to a uuid key)."""
+        return parent_match(entry, child, self.link_types(entry))
+
+    def link_types(self, entry: TenantTable) -> list[tuple[str | None, str | None]]:
+        """(child column type, parent column type) for each column pair of the parent link."""
+        assert entry.parent is not None
+        parent = self.catalog.tables.get(entry.parent.qname)
+        out: list[tuple[str | None, str | None]] = []
+        for child_col, ref_col in zip(entry.parent.columns, entry.parent.ref_columns,
+                                      strict=True):
+            mine = entry.table.column(child_col)
+            theirs = parent.column(ref_col) if parent is not None else None
+            out.append((mine.type if mine else None, theirs.type if theirs else None))
+        return out
 
 
 def with_partitions(ctx: PlanContext, entry: TenantTable) -> list[TenantTable]:
@@ -129,6 +257,32 @@ def _type_sql(key_type: str) -> str:
     if key_type not in allowed:
         raise PlaybookError(f"tenant.key_type: expected one of {sorted(allowed)}, got {key_type!r}")
     return key_type
+
+
+_INTEGERS = frozenset({"smallint", "integer", "bigint"})
+_NUMBERS = _INTEGERS | {"numeric", "real", "double precision"}
+_STRINGS = frozenset({"text", "character varying", "character", "name", "citext"})
+
+
+def _base_type(type_text: str) -> str:
+    return type_text.split("(", 1)[0].strip()
+
+
+def comparable(left: str | None, right: str | None) -> bool:
+    """Whether PostgreSQL compares values of these two types without a cast (integer with
+    bigint, varchar with text); an unknown type counts as comparable (nothing to cast)."""
+    if left is None or right is None or left == right:
+        return True
+    a, b = _base_type(left), _base_type(right)
+    return a == b or {a, b} <= _NUMBERS or {a, b} <= _STRINGS
+
+
+def cast_sql(expr: sql.Composable, from_type: str, to_type: str) -> sql.Composable:
+    """``expr::to_type`` where the types differ (an explicit cast, so that a text key under
+    an integer root or an integer under a bigint one reads as the column it lands in)."""
+    if from_type == to_type:
+        return expr
+    return compose("({})::{}", expr, sql.SQL(to_type))
 
 
 def type_sql(column: Column) -> sql.SQL:
@@ -265,11 +419,25 @@ def triggers_firing_on_update(table: Table, column: str) -> list[str]:
     return fired
 
 
-def parent_match(entry: TenantTable, child: str) -> sql.Composed:
+def parent_match(entry: TenantTable, child: str,
+                 link_types: Sequence[tuple[str | None, str | None]] | None = None
+                 ) -> sql.Composed:
     """``p.<ref> = <child>.<fk> AND ...``: how a row finds its parent ``p``. ``child`` is
-    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table)."""
+    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table). With
+    ``link_types``, a child column whose type PostgreSQL cannot compare with the parent's is
+    cast to the parent's type (the parent side stays bare: its index is what finds it)."""
     assert entry.parent is not None
     template: LiteralString = "p.{} = NEW.{}" if child == "NEW" else "p.{} = c.{}"
-    return sql.SQL(" AND ").join(
-        compose(template, sql.Identifier(r), sql.Identifier(c))
-        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
+    cast_template: LiteralString = ("p.{} = (NEW.{})::{}" if child == "NEW"
+                                    else "p.{} = (c.{})::{}")
+    types = list(link_types) if link_types is not None else [(None, None)] * len(
+        entry.parent.columns)
+    parts = []
+    for (c, r), (mine, theirs) in zip(zip(entry.parent.columns, entry.parent.ref_columns,
+                                          strict=True), types, strict=True):
+        if comparable(mine, theirs) or theirs is None:
+            parts.append(compose(template, sql.Identifier(r), sql.Identifier(c)))
+        else:
+            parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
+                                 sql.SQL(theirs)))
+    return sql.SQL(" AND ").join(parts)
