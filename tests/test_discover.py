@@ -423,6 +423,7 @@ def _generated_schema(direct: int = 200, derived: int = 799) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.core_majors  # scale
 def test_thousand_tables_classify_fast(empty_db: str) -> None:
     catalog = load_catalog(empty_db, "BEGIN;\n" + _generated_schema() + "\nCOMMIT;")
     assert len(catalog.tables) == 1000
