@@ -41,6 +41,9 @@ SETTINGS = (
     "wal_level",
     "row_security",
     "default_transaction_read_only",
+    "logging_collector",
+    "log_destination",
+    "log_directory",
 )
 
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
