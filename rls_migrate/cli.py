@@ -190,17 +190,22 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
               show_default=True,
               help="rls: the RLS rollout; citus: scale-out readiness (each table's role, every "
                    "blocker and its fix) and, with --format sql, the distribution runbook")
+@click.option("--no-preflight", is_flag=True,
+              help="skip the data preflight (one scan per tenant table counting NULL tenant "
+                   "keys, NULL links and orphans, with sample keys)")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
-         output: Path | None, target: str) -> None:
+         output: Path | None, target: str, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
-    Reads the catalog; executes nothing.
+    Reads the catalog and, for the data preflight, the tenant tables (rows that will have
+    no tenant: NULL keys, NULL links, orphans, per table with sample keys); executes nothing.
 
     \b
     Examples:
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
       rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
       rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
@@ -221,6 +226,10 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
                               conn)
         else:
             the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+            if not no_preflight:
+                from rls_migrate.preflight import with_preflight
+
+                the_plan = with_preflight(conn, catalog, pb, the_plan)
             text = RENDERERS[fmt](the_plan, catalog, conn)
     if output:
         output.write_text(text)

@@ -166,7 +166,8 @@ def test_one_hop_derived_issues(sample: Sample, conn: Conn) -> None:
             'WHERE p."id" = NEW."project_id";') in body
     assert texts(step(plan, f"tenant_fk:{t}"), conn) == [
         'ALTER TABLE "public"."issues" ADD CONSTRAINT "issues_tenant_id_rlsm_fkey" FOREIGN KEY '
-        '("tenant_id") REFERENCES "public"."accounts" ("id") NOT VALID']
+        '("tenant_id") REFERENCES "public"."accounts" ("id") DEFERRABLE INITIALLY DEFERRED '
+        'NOT VALID']
 
     backfill = step(plan, f"backfill:{t}")
     spec = backfill.backfill

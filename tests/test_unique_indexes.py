@@ -115,3 +115,55 @@ def test_constraint_backed_index_is_reported_once(empty_db: str) -> None:
         table = Catalog.load(conn).table("public.t")
     uniques: list[Any] = global_uniques(table, "tenant_id")
     assert [(u.name, u.what) for u in uniques] == [("t_email_key", "constraint")]
+
+
+def test_tenant_unique_on_unique_indexes_and_rollback(empty_db: str, catalog: Catalog) -> None:
+    """tenant_unique by columns (a plain unique index) and by name (a partial expression
+    index, a quoted one): the index stage builds them tenant-led, keeping the predicate and
+    the expression, drops the global ones; tenant 2 can then use tenant 1's slug; a rollback
+    builds the global ones again exactly."""
+    from rls_migrate.runner import apply_stage, rollback_to
+
+    text = PLAYBOOK.replace(
+        "public.articles: {strategy: direct, column: account_id}",
+        "public.articles: {strategy: direct, column: account_id, tenant_unique: "
+        "[[slug], [index_articles_on_lower_title]]}").replace(
+        "{strategy: direct, column: accountId}",
+        "{strategy: direct, column: accountId, tenant_unique: ['\"Document_externalId_key\"']}")
+    playbook = parse_playbook(text)
+
+    def definitions() -> dict[str, str]:
+        with psycopg.connect(empty_db) as conn:
+            rows = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname ="
+                                " 'public' AND indexdef LIKE 'CREATE UNIQUE%'").fetchall()
+        return dict(rows)
+
+    before = definitions()
+    for stage in ("prepare", "add-column", "backfill", "constrain", "index"):
+        result = apply_stage(empty_db, playbook, stage).result
+        assert result.failed == 0, (stage, result)
+    after = definitions()
+    assert "index_articles_on_slug" not in after
+    assert "index_articles_on_lower_title" not in after
+    assert "Document_externalId_key" not in after
+    assert after["index_articles_on_lower_title_rlsm_tenant"] == (
+        "CREATE UNIQUE INDEX index_articles_on_lower_title_rlsm_tenant ON public.articles "
+        "USING btree (account_id, lower(title)) WHERE (deleted_at IS NULL)")
+    assert "(account_id, slug)" in after["index_articles_on_slug_rlsm_tenant"]
+    assert '("accountId", "externalId")' in after["Document_externalId_key_rlsm_tenant"]
+
+    with psycopg.connect(empty_db) as conn:
+        assert not [u for u in global_uniques(Catalog.load(conn).table("public.articles"),
+                                              "account_id")]
+        conn.execute(f"SET ROLE {APP}")
+        conn.execute("SELECT set_config('app.tenant_id', '2', false)")
+        conn.execute("INSERT INTO articles (account_id, slug, title)"
+                     " VALUES (2, 'welcome', 'Welcome')")  # tenant 1's slug: no collision
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO articles (account_id, slug, title)"
+                         " VALUES (2, 'welcome', 'Other')")
+        conn.rollback()
+
+    rollback_to(empty_db, playbook, "constrain")
+    assert definitions() == before
+

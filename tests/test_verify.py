@@ -29,7 +29,9 @@ EXPECTED_WARNINGS = {
     ("global-unique-constraint", "public.users"),
     ("cross-tenant-foreign-key", "public.comments"),
     ("cross-tenant-foreign-key", "public.issue_labels"),
-    ("tenant-column-nullable", "public.audit_log"),
+    # audit_log is a hint whose orphans are skipped: nullable by the playbook, its rows
+    # without a tenant reported.
+    ("rows-without-tenant", "public.audit_log"),
 }
 
 
@@ -127,6 +129,11 @@ def _second_permissive(dsn: str) -> None:
     execute(dsn, f"CREATE POLICY everything ON labels TO {APP} USING (true)")
 
 
+def _tenantless_row(dsn: str) -> None:
+    execute(dsn, "ALTER TABLE labels ALTER COLUMN account_id DROP NOT NULL",
+            "UPDATE labels SET account_id = NULL WHERE id = (SELECT min(id) FROM labels)")
+
+
 # plant -> (failures it must cause, warnings it must cause)
 PLANTS: dict[str, tuple[Callable[[str], None], set[tuple[str, str]], set[tuple[str, str]]]] = {
     "table without policy": (_drop_policies, {("tenant-policy-missing", "public.labels")},
@@ -148,6 +155,9 @@ PLANTS: dict[str, tuple[Callable[[str], None], set[tuple[str, str]], set[tuple[s
         _null_context_opens, {("missing-context-admits-all", "public.labels"),
                               ("tenant-policy-mismatch", "public.labels")},
         {("setting-read-per-row", "public.labels")}),
+    "a row without a tenant": (
+        _tenantless_row, set(), {("tenant-column-nullable", "public.labels"),
+                                 ("rows-without-tenant", "public.labels")}),
     "second permissive policy": (
         _second_permissive, set(), {("multiple-permissive-policies", "public.labels"),
                                     ("permissive-policy-always-true", "public.labels")}),
