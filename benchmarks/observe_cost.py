@@ -24,7 +24,12 @@ and ``enforced`` (``apply --stage enforce``), so every mode has the same rows, i
 statistics. Each statement runs as the application role with tenant 13's context set per
 transaction (``set_config(..., true)``), bound parameters (extended protocol). Repetitions are
 interleaved (statement by statement, the modes in a rotated order), after a warm-up;
-reported: medians, and the median of each repetition's ratio.
+reported: medians, the median of each repetition's ratio, and the ratio of the fastest runs
+(on a shared machine a run is stretched by other processes, never shortened).
+
+Observe mode cannot use a tenant index (its policy is true for every row), so where the
+enforced policy turns a scan into a tenant-index lookup, observe is compared with that lookup;
+observe / no RLS is the cost observe adds to the application's own plan.
 
 Also counted: recorder calls per observed statement (``pg_stat_user_functions``), which is
 what issue 16 asks to bring to at most one per statement, table and operation.
@@ -232,6 +237,12 @@ def measure(server: servers.LocalServer, dsns: dict[str, str], params: dict[str,
         for r in results.values():
             ms = r["ms"]
             r["median_ms"] = {m: round(statistics.median(ms[m]), 3) for m in MODES}
+            # On a shared machine a run is stretched by time slices lost to other processes,
+            # never shortened: the fastest run is the undisturbed cost.
+            r["best_ms"] = {m: round(min(ms[m]), 3) for m in MODES}
+            r["best_observe_vs_enforced"] = round(r["best_ms"]["observe"]
+                                                  / r["best_ms"]["enforced"], 2)
+            r["best_observe_vs_none"] = round(r["best_ms"]["observe"] / r["best_ms"]["none"], 2)
             r["observe_vs_enforced"] = round(statistics.median(
                 [o / e for o, e in zip(ms["observe"], ms["enforced"], strict=True)]), 2)
             r["enforced_vs_none"] = round(statistics.median(
@@ -288,14 +299,17 @@ def main() -> None:
           f" {report['load_average']} on {os.cpu_count()} cores")
     print()
     print("| scale (comments) | statement | rows | no RLS ms | enforced ms | observe ms "
-          "| observe / enforced | enforced / no RLS |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| observe / enforced | observe / no RLS | enforced / no RLS "
+          "| best of runs: observe / enforced, observe / no RLS |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scale, s in report["scales"].items():
         for name, r in s["statements"].items():
             m = r["median_ms"]
             print(f"| {float(scale):g} ({s['comments']:,}) | {name} | {r['rows']:,} "
                   f"| {m['none']:.2f} | {m['enforced']:.2f} | {m['observe']:.2f} "
-                  f"| **{r['observe_vs_enforced']:.2f}x** | {r['enforced_vs_none']:.2f}x |")
+                  f"| **{r['observe_vs_enforced']:.2f}x** | {r['observe_vs_none']:.2f}x "
+                  f"| {r['enforced_vs_none']:.2f}x | {r['best_observe_vs_enforced']:.2f}x, "
+                  f"{r['best_observe_vs_none']:.2f}x |")
     print()
     for scale, s in report["scales"].items():
         print(f"scale {float(scale):g}: recorder calls {s['recorder_calls']:,} in "

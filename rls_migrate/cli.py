@@ -113,7 +113,8 @@ def _print_findings(findings: list[Any]) -> None:
 @dsn_option
 @click.option("--tenant-table", required=True, metavar="TABLE",
               help="the tenant root table, e.g. accounts or public.accounts")
-@click.option("--key", metavar="COLUMN", help="the root's key column (default: its primary key)")
+@click.option("--key", metavar="COLUMN",
+              help="the root's key column, as in SQL: id, '\"orgId\"' (default: its primary key)")
 @click.option("--app-role", metavar="ROLE", help="the role the application connects as")
 @click.option("--column", default="tenant_id", show_default=True,
               help="name of the tenant column added to derived tables")
@@ -134,20 +135,32 @@ def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | No
           -o playbooks/app.yaml
     Tables that need a decision are written as TODO; plan refuses until they are decided.
     """
+    from rls_migrate.catalog import parse_column
     from rls_migrate.discover import discover
     from rls_migrate.init import build_playbook_yaml, write_playbook
+    from rls_migrate.linkcounts import count_links
 
+    try:
+        key = parse_column(key) if key is not None else None
+        column = parse_column(column)
+    except ValueError as exc:
+        raise UsageError(f"--key/--column: {exc}") from None
     with connect(resolve_dsn(dsn)) as conn:
         catalog = Catalog.load(conn)
-    graph = discover(catalog, tenant_table, key=key, tenant_column=column, app_role=app_role)
+        graph = discover(catalog, tenant_table, key=key, tenant_column=column,
+                         app_role=app_role)
+        # The tables whose decision depends on how many rows a link leaves without a tenant.
+        link_counts = count_links(conn, graph)
     text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
-                               column=column, setting=setting)
+                               column=column, setting=setting, link_counts=link_counts)
     path = output or Path("playbooks") / f"{catalog.database}.yaml"
     write_playbook(path, text, force=force)
     counts = graph.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     click.echo(f"wrote {path}: {summary}")
-    todo = counts.get("needs_hint", 0) + counts.get("ambiguous", 0)
+    from rls_migrate.playbook import parse_playbook
+
+    todo = len(parse_playbook(text, str(path)).todos)
     if todo:
         click.echo(f"{todo} table(s) marked TODO need your decision before `rls-migrate plan`.")
 
@@ -177,17 +190,22 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
               show_default=True,
               help="rls: the RLS rollout; citus: scale-out readiness (each table's role, every "
                    "blocker and its fix) and, with --format sql, the distribution runbook")
+@click.option("--no-preflight", is_flag=True,
+              help="skip the data preflight (one scan per tenant table counting NULL tenant "
+                   "keys, NULL links and orphans, with sample keys)")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
-         output: Path | None, target: str) -> None:
+         output: Path | None, target: str, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
-    Reads the catalog; executes nothing.
+    Reads the catalog and, for the data preflight, the tenant tables (rows that will have
+    no tenant: NULL keys, NULL links, orphans, per table with sample keys); executes nothing.
 
     \b
     Examples:
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
       rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
       rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
@@ -208,6 +226,10 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
                               conn)
         else:
             the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+            if not no_preflight:
+                from rls_migrate.preflight import with_preflight
+
+                the_plan = with_preflight(conn, catalog, pb, the_plan)
             text = RENDERERS[fmt](the_plan, catalog, conn)
     if output:
         output.write_text(text)

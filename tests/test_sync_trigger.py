@@ -193,3 +193,15 @@ def test_reverse_one_to_one_row_written_before_its_owner(synced: str) -> None:
                       """UPDATE "Envelope" SET "documentMetaId" = 'new4' WHERE id = 'envnew2'""")
     assert tenant_of(synced, '"DocumentMeta"', "new4") == 3
     assert tenant_of(synced, '"DocumentMeta"', "new2") == 3
+
+
+def test_rows_written_before_their_tenant_row_commit(synced: str) -> None:
+    """A sign-up writes the new tenant's rows before the tenant row, in one transaction: the
+    toolkit's tenant foreign key is checked at commit."""
+    execute_as_tenant(synced, 4,
+                      """INSERT INTO "DocumentMeta" (id, subject) VALUES ('signup', 's')""",
+                      "INSERT INTO accounts VALUES (4, 'four')")
+    assert tenant_of(synced, '"DocumentMeta"', "signup") == 4
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        execute_as_tenant(synced, 5,
+                          """INSERT INTO "DocumentMeta" (id, subject) VALUES ('nobody', 's')""")

@@ -78,10 +78,15 @@ def plan(ctx: PlanContext) -> StagePlan:
             stage="add-column",
             kind="add_foreign_key",
             table=entry.qname,
-            description=f"foreign key {entry.column} -> {root}, NOT VALID (validated by "
-                        "constrain without blocking writes)",
-            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID", ident, sql.Identifier(fk), col, root.ident,
-                     sql.Identifier(ctx.playbook.tenant.key)),),
+            description=f"foreign key {entry.column} -> {root}, checked at commit, NOT VALID "
+                        "(validated by constrain without blocking writes)",
+            # DEFERRABLE INITIALLY DEFERRED: an application that writes a tenant's rows
+            # before the tenant row itself in one transaction (Prisma's nested create of an
+            # organisation and its settings) commits as it did before the migration.
+            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}"
+                                " ({}) DEFERRABLE INITIALLY DEFERRED NOT VALID", ident,
+                                sql.Identifier(fk), col, root.ident,
+                                sql.Identifier(ctx.playbook.tenant.key)),),
             lock=Lock.SHARE_ROW_EXCLUSIVE,
             done_check=constraint_exists_check(entry.qname, fk),
             inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",

@@ -247,6 +247,16 @@ def _parent_indexed(ctx: PlanContext, entry: TenantTable) -> bool:
         and set(index.columns[:len(wanted)]) == wanted for index in parent.indexes)
 
 
+def _owner_link_unique(ctx: PlanContext, entry: TenantTable) -> bool:
+    """Whether a valid unique index (or constraint) covers exactly the owner's link columns."""
+    assert entry.parent is not None
+    owner = ctx.catalog.tables.get(entry.parent.qname)
+    wanted = set(entry.parent.ref_columns)
+    return owner is not None and any(
+        index.is_unique and index.is_valid and index.predicate is None
+        and set(index.columns) == wanted for index in owner.indexes)
+
+
 def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     notes: list[str] = []
@@ -274,6 +284,11 @@ def plan(ctx: PlanContext) -> StagePlan:
         if entry.owned and entry.parent is not None:
             risks.append(f"owned (reverse one-to-one): a row no {entry.parent.qname} row points "
                          "at has no tenant to take (an orphan)")
+            if not _owner_link_unique(ctx, entry):
+                risks.append(
+                    f"nothing makes {entry.parent.qname}({', '.join(entry.parent.ref_columns)}) "
+                    "unique: two owners may point at one row, with different tenants (the "
+                    "backfill reports them as conflicts); a one-to-one needs a unique index")
         est = rows_estimate(entry.table)
         wal = entry.table.size_bytes
         if wal:

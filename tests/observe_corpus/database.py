@@ -31,6 +31,15 @@ EXTRAS = (
 )
 
 
+def extras(major: int) -> tuple[str, ...]:
+    """:data:`EXTRAS` as ``major`` can have them: before PostgreSQL 15 (no security_invoker)
+    the view reads its tables as the application role by being owned by it."""
+    if major >= 15:
+        return EXTRAS
+    plain = EXTRAS[0].replace(" WITH (security_invoker = true)", "")
+    return (plain, f"ALTER VIEW issue_board OWNER TO {samples.APP_ROLE}", *EXTRAS[1:])
+
+
 @dataclasses.dataclass(frozen=True)
 class Tenant:
     """A tenant's own rows that patterns ask for, and another tenant's, for wrong paths."""
@@ -147,6 +156,24 @@ def observed(server: servers.PostgresServer,
     verify tests share), with :data:`EXTRAS` added, nothing recorded yet."""
     with enforce_helpers.clone(server, make_factory, "observe") as sample:
         with psycopg.connect(sample.dsn, autocommit=True) as conn:
-            for statement in EXTRAS:
+            for statement in extras(server.major):
                 conn.execute(statement.encode())
-        yield CorpusDb(server, sample.dsn, sample.playbook)
+        playbook = with_server_log(sample.playbook, server)
+        # Observe again: what it sets per database (the application role's parameter
+        # logging, ALTER ROLE ... IN DATABASE) is keyed by the database's OID, which a clone
+        # does not keep; every other step is already done.
+        assert apply_stage(sample.dsn, playbook, "observe").result.failed == 0
+        yield CorpusDb(server, sample.dsn, playbook)
+
+
+def with_server_log(playbook: Playbook, server: servers.PostgresServer) -> Playbook:
+    """The playbook with the server's log file as observe evidence
+    (``options.observe.logs``), where this version reads logs and this process can read the
+    file, as an operator would configure it."""
+    log_path = getattr(server, "log_path", None)
+    observe = getattr(playbook.options, "observe", None)
+    if log_path is None or observe is None or "logs" not in type(observe).model_fields:
+        return playbook
+    options = playbook.options.model_copy(update={
+        "observe": observe.model_copy(update={"logs": (str(log_path),)})})
+    return playbook.model_copy(update={"options": options})

@@ -54,6 +54,16 @@ UPDATES = (
             "UPDATE attachments a SET size_bytes = a.size_bytes FROM comments c, issues i"
             " WHERE c.id = a.comment_id AND i.id = c.issue_id AND i.project_id = %(project)s"
             " RETURNING a.id", project),
+    # A counter bumped through the parent chain (not idempotent: ``after`` takes it back).
+    Pattern("update_counter_through_parent", "update-from",
+            "UPDATE attachments a SET size_bytes = a.size_bytes + 1 FROM comments c, issues i"
+            " WHERE c.id = a.comment_id AND i.id = c.issue_id AND i.project_id = %(project)s"
+            " RETURNING a.id, a.size_bytes",
+            lambda t: {"project": t.project, "tenant": t.id},
+            after=("UPDATE attachments SET size_bytes = size_bytes - 1"
+                   " WHERE tenant_id = %(tenant)s AND comment_id IN (SELECT id FROM comments"
+                   " WHERE tenant_id = %(tenant)s AND issue_id IN (SELECT id FROM issues"
+                   " WHERE tenant_id = %(tenant)s AND project_id = %(project)s))",)),
     Pattern("update_issue_by_id", "update-from",
             "UPDATE issues SET title = title WHERE id = %(issue)s RETURNING id, title",
             lambda t: {"issue": t.issue}, orm=orm.update_issue_by_id),
