@@ -254,7 +254,8 @@ def test_a_session_older_than_observe_logs_parameters_from_its_second_recording(
                 conn.execute("SET LOCAL enable_nestloop = off")
                 conn.execute("SET LOCAL enable_mergejoin = off")
                 conn.execute(query, [project]).fetchall()
-        assert conn.execute("SHOW log_parameter_max_length_on_error").fetchone() == ("1024",)
+        assert conn.execute("SELECT setting FROM pg_settings WHERE name ="
+                            " 'log_parameter_max_length_on_error'").fetchone() == ("1024",)
     report = report_of(db, confirm_groups=True)
     (group,) = report.groups
     assert sorted(r.parameters is not None for r in group.records) == [False, True]
