@@ -76,28 +76,19 @@ DELETES = (
             lambda t: {"project": t.project, "issue": t.issue},
             before=("INSERT INTO comments (issue_id, body, created_at)"
                     " VALUES (%(issue)s, 'corpus-temp', '2026-01-01')",),
-            orm=orm.delete_using_parent,
-            known="evidence: a DELETE whose rows are gone replays 0 rows both ways; that is"
-                  " unconfirmable (it could as well be a committed IDOR delete): add the"
-                  " tenant predicate"),
+            orm=orm.delete_using_parent),
     Pattern("delete_where_exists", "delete",
             "DELETE FROM labels l WHERE l.name = 'corpus-temp' AND EXISTS (SELECT 1"
             " FROM projects p WHERE p.account_id = l.account_id AND p.id = %(project)s)"
             " RETURNING l.name",
             lambda t: {"project": t.project, "tenant": t.id},
-            before=("INSERT INTO labels (account_id, name) VALUES (%(tenant)s, 'corpus-temp')",),
-            known="evidence: a DELETE whose rows are gone replays 0 rows both ways; that is"
-                  " unconfirmable (it could as well be a committed IDOR delete): add the"
-                  " tenant predicate"),
+            before=("INSERT INTO labels (account_id, name) VALUES (%(tenant)s, 'corpus-temp')",)),
     Pattern("delete_in_subquery", "delete",
             "DELETE FROM comments WHERE body = 'corpus-temp' AND issue_id IN (SELECT id FROM"
             " issues WHERE project_id = %(project)s) RETURNING body",
             lambda t: {"project": t.project, "issue": t.issue},
             before=("INSERT INTO comments (issue_id, body, created_at)"
-                    " VALUES (%(issue)s, 'corpus-temp', '2026-01-01')",),
-            known="evidence: a DELETE whose rows are gone replays 0 rows both ways; that is"
-                  " unconfirmable (it could as well be a committed IDOR delete): add the"
-                  " tenant predicate"),
+                    " VALUES (%(issue)s, 'corpus-temp', '2026-01-01')",)),
 )
 
 INSERTS = (
