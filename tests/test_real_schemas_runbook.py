@@ -10,13 +10,17 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from real_schemas import runbook
 from real_schemas.corpus import SCHEMAS, clone
 
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.check import check_catalog
+from rls_migrate.errors import RlsMigrateError
 from rls_migrate.planner import build_plan
-from rls_migrate.playbook import load_playbook
+from rls_migrate.playbook import load_playbook, parse_playbook
+from rls_migrate.preflight import with_preflight
+from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 
 # The runbook over each schema. Rails is kept out until its open issue-17 item lands (recorded
@@ -68,3 +72,33 @@ def test_check_names_a_table_added_after_the_migration(
     assert len(new) == 1
     offenders = {o.table for o in check_catalog(catalog, playbook=playbook).offenders}
     assert new <= offenders, offenders
+
+
+def test_a_forgotten_nullable_is_named_by_plan_and_refused_by_constrain(
+        pg_server: servers.PostgresServer, make_factory: Any) -> None:
+    """The Rails engineer forgets ``nullable: true`` on labels, whose app-made ``account_id``
+    is NULL in some rows: plan's preflight names the table and its NULL count, and constrain
+    refuses up front with them (no raw check violation, nothing executed)."""
+    schema = SCHEMAS["rails"]
+    data = yaml.safe_load(schema.playbook_path.read_text())
+    del data["tables"]["public.labels"]["nullable"]
+    playbook = parse_playbook(yaml.safe_dump(data), "rails.yaml without nullable on labels")
+    with clone(pg_server, make_factory, schema) as dsn:
+        with psycopg.connect(dsn) as conn:
+            nulls = conn.execute("SELECT count(*) FROM labels WHERE account_id IS NULL"
+                                 ).fetchone()
+            assert nulls is not None and nulls[0] > 0
+            catalog = Catalog.load(conn)
+            plan = build_plan(catalog, playbook, None, source="rails")
+            risks = with_preflight(conn, catalog, playbook, plan).risks  # what `plan` prints
+        assert any("public.labels" in r and str(nulls[0]) in r for r in risks), risks
+        for stage in ("prepare", "add-column", "backfill"):
+            assert apply_stage(dsn, playbook, stage).result.failed == 0
+        with pytest.raises(RlsMigrateError) as refused:
+            apply_stage(dsn, playbook, "constrain")
+        assert "public.labels" in str(refused.value) and str(nulls[0]) in str(refused.value)
+        with psycopg.connect(dsn) as conn:
+            added = conn.execute(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'labels'::regclass"
+                " AND contype = 'c'").fetchone()
+        assert added == (0,), "constrain changed labels before refusing"
