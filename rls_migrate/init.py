@@ -248,10 +248,26 @@ def _roles(out: _Writer, graph: TenantGraph, catalog: Catalog, app_role: str | N
                        "no login role is free of superuser, BYPASSRLS and table ownership"),
                     2)
         out.line(f"  app: {TODO}")
-    admins = [c for c in candidates if c != (app_role or guess)]
-    if admins:
-        out.comment("roles that keep seeing every row (admin tools, reports), e.g.:", 2)
-        out.comment(f"admin: [{', '.join(_scalar(a) for a in admins)}]", 2)
+    admins = plausible_admins(graph, catalog, app_role or guess)
+    out.comment("roles that keep seeing every row (admin tools, reports)"
+                + (", e.g. those with privileges on these tables:" if admins else
+                   ": no other login role has privileges on these tables yet; e.g.:"), 2)
+    out.comment(f"admin: [{', '.join(_scalar(a) for a in admins) or 'reporting_role'}]", 2)
+
+
+def plausible_admins(graph: TenantGraph, catalog: Catalog, app: str | None) -> list[str]:
+    """Login roles, other than the application's and the one init connected as, that have
+    been granted privileges on a tenant table (directly or through a role they are a
+    member of): the admin tools and reports that may need to keep seeing every row. A
+    cluster's unrelated roles (another database's application, monitoring) are left out."""
+    granted: set[str] = set()
+    for qname, entry in graph.tables.items():
+        if entry.is_tenant:
+            granted.update(catalog.tables[qname].grantees)
+    return sorted(
+        role.name for role in catalog.roles.values()
+        if role.login and not role.superuser and role.name not in (app, catalog.current_user)
+        and catalog.role_memberships(role.name) & granted)
 
 
 def _table(

@@ -441,6 +441,52 @@ def test_a_half_done_stage_rolls_back_and_a_rerun_converges(tutorial_db: str) ->
         _end_state(conn)
 
 
+def test_set_null_keeps_the_tenant_and_older_composite_keys_are_not_trusted(
+        tutorial_db: str) -> None:
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE clicks ADD COLUMN campaign_hint bigint"
+                     " REFERENCES campaigns (id) ON DELETE SET NULL")
+        schema_before = _schema(conn)
+    pb = _tutorial_playbook(tutorial_db)
+    # First the index stage's own composite keys (NO ACTION, next to the originals) ...
+    assert apply_stage(tutorial_db, tut.with_index_options(pb, tenant_foreign_keys=True),
+                       "index").result.failed == 0
+    index = build_plan(load_catalog(tutorial_db), fixed(pb), ["index"]).stage("index")
+    # ... which tenant_primary_keys does not trust: dropping the originals would lose
+    # ON DELETE CASCADE / SET NULL. The keys they point at stay as they are, with a note.
+    assert {s.table.name for s in index.steps if s.kind == "swap_primary_key" and s.table} \
+        == {"clicks", "impressions"}
+    assert any("roll the index stage back" in n for n in index.notes), index.notes
+    rollback_to(tutorial_db, tut.with_index_options(pb, tenant_foreign_keys=True), "constrain")
+
+    assert apply_stage(tutorial_db, fixed(pb), "index").result.failed == 0
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        defs = {r[0] for r in conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'clicks'::regclass AND contype = 'f'").fetchall()}
+        assert "FOREIGN KEY (company_id, campaign_hint) REFERENCES campaigns(company_id, id)" \
+               " ON DELETE SET NULL (campaign_hint)" in defs
+        with conn.transaction(force_rollback=True):
+            campaign, company = conn.execute(
+                "INSERT INTO campaigns (company_id, name, cost_model, state, created_at,"
+                " updated_at) SELECT id, 'short-lived', 'cpc', 'running', now(), now()"
+                " FROM companies ORDER BY id LIMIT 1 RETURNING id, company_id").fetchone() \
+                or (None, None)
+            click = conn.execute(
+                "INSERT INTO clicks (company_id, ad_id, clicked_at, site_url, user_ip,"
+                " user_data, campaign_hint) SELECT %s, a.id, now(), 's', '192.0.2.8', '{}', %s"
+                " FROM ads a JOIN campaigns p ON p.id = a.campaign_id WHERE p.company_id = %s"
+                " LIMIT 1 RETURNING id", [company, campaign, company]).fetchone()
+            assert click is not None
+            conn.execute("DELETE FROM campaigns WHERE id = %s", [campaign])
+            after = conn.execute("SELECT company_id, campaign_hint FROM clicks WHERE id = %s",
+                                 [click[0]]).fetchone()
+            assert after == (company, None)  # the link is gone, the tenant stays
+    rollback_to(tutorial_db, fixed(pb), "constrain")
+    with psycopg.connect(tutorial_db, autocommit=True) as conn:
+        assert _schema(conn) == schema_before
+
+
 def test_a_key_referenced_from_outside_the_tenant_tables_stays(tutorial_db: str) -> None:
     """A table the playbook does not cover points at ads: Citus would refuse it, and ads's key
     cannot be swapped while that foreign key holds on to it."""
@@ -577,13 +623,15 @@ def test_option_conflict_and_foreign_key_actions() -> None:
         " MATCH FULL ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED"
     # SET NULL must leave the tenant column alone (PostgreSQL 15+ names the columns).
     assert composite_tail(" ON DELETE SET NULL", ("ad_id",), 15) == \
-        (' ON DELETE SET NULL ("ad_id")', "")
+        (" ON DELETE SET NULL (ad_id)", "")
+    assert composite_tail(" ON DELETE SET DEFAULT", ("Ad Id",), 15) == \
+        (' ON DELETE SET DEFAULT ("Ad Id")', "")
     assert composite_tail(" ON DELETE SET NULL", ("ad_id",), 14)[0] is None
     assert composite_tail(" ON UPDATE SET DEFAULT", ("ad_id",), 18)[0] is None
     assert composite_tail(" MATCH FULL ON DELETE CASCADE", ("ad_id",), 18) == \
         (" ON DELETE CASCADE", "")
     assert composite_tail(" MATCH FULL", ("a", "b"), 18)[0] is None
-    assert original_tail(' ON DELETE SET NULL ("ad_id")', ("ad_id",)) == " ON DELETE SET NULL"
+    assert original_tail(" ON DELETE SET NULL (ad_id)", ("ad_id",)) == " ON DELETE SET NULL"
 
 
 def test_tenant_primary_keys_refuse_tenant_foreign_keys_too(tutorial_db: str) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from psycopg import sql
 
-from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName
+from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import (
@@ -142,7 +142,7 @@ def composite_tail(tail: str, columns: tuple[str, ...], major: int) -> tuple[str
         if major < 15:
             return None, (f"ON DELETE {action} would also reset the tenant column, and "
                           f"PostgreSQL {major} cannot limit it to the key's columns (15+)")
-        cols = ", ".join(sql.Identifier(c).as_string(None) for c in columns)
+        cols = ", ".join(quote_ident(c) for c in columns)  # as the server prints them
         out = out.replace(m.group(0), f" ON DELETE {action} ({cols})", 1)
     return out, ""
 
@@ -150,7 +150,7 @@ def composite_tail(tail: str, columns: tuple[str, ...], major: int) -> tuple[str
 def original_tail(tail: str, columns: tuple[str, ...]) -> str:
     """The composite twin's actions for the original key (a column list naming every key
     column is the same as none)."""
-    full = ", ".join(sql.Identifier(c).as_string(None) for c in columns)
+    full = ", ".join(quote_ident(c) for c in columns)
     out = tail
     for m in _SET_ACTION.finditer(tail):
         event, action, listed = m.groups()
@@ -187,6 +187,13 @@ def plan_keys(ctx: PlanContext, notes: list[str]) -> tuple[list[KeySwap], list[R
                 why = (f"PostgreSQL {ctx.catalog.major} cannot add a NOT VALID foreign key on "
                        f"the partitioned {child.qname}")
             composite, reason = composite_tail(tail, columns, ctx.catalog.major)
+            twin = fks.get(tenant_name(child.qname, name))
+            if (composite is not None and twin is not None and name in fks
+                    and fk_tail(twin.definition) != composite):
+                # tenant_foreign_keys made it, without the original's actions: dropping the
+                # original would lose them.
+                why = (f"{twin.name} exists without {name}'s actions ({tail.strip() or 'none'}):"
+                       f" roll the index stage back (it drops {twin.name}), then apply it again")
             if composite is None or why:
                 blocked[fk.ref_table] = f"{child.qname}.{name}: {why or reason}"
                 continue
