@@ -32,6 +32,13 @@ CREATE UNIQUE INDEX index_articles_on_account_id_and_id ON articles (account_id,
 CREATE TABLE "Document" (id text PRIMARY KEY, "accountId" bigint NOT NULL
                          REFERENCES accounts(id), "externalId" text);
 CREATE UNIQUE INDEX "Document_externalId_key" ON "Document" ("externalId");
+CREATE UNIQUE INDEX index_accounts_on_name ON accounts (name);
+CREATE TABLE teams (id bigserial PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts,
+                    url text NOT NULL);
+CREATE UNIQUE INDEX index_teams_on_url ON teams (url);
+CREATE TABLE tags (id bigserial PRIMARY KEY, team_id bigint NOT NULL REFERENCES teams,
+                   name text NOT NULL);
+CREATE UNIQUE INDEX index_tags_on_team_id_and_name ON tags (team_id, name);
 ALTER TABLE articles ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON articles USING (account_id = {CURRENT})
     WITH CHECK (account_id = {CURRENT});
@@ -49,6 +56,8 @@ tables:
   public.accounts: {{strategy: root, column: id}}
   public.articles: {{strategy: direct, column: account_id}}
   'public."Document"': {{strategy: direct, column: accountId}}
+  public.teams: {{strategy: direct, column: account_id}}
+  public.tags: {{strategy: derive, parent: team_id -> public.teams(id)}}
 """
 
 
@@ -87,6 +96,12 @@ def test_plan_and_verify_report_them(empty_db: str, catalog: Catalog) -> None:
                             '("externalId") is global') and 'tenant_unique: [["externalId"]]' in r
                for r in risks), risks
     assert not any("index_articles_on_account_id_and_id" in r for r in risks)
+    # Unique within a tenant-scoped parent (a team): within the tenant too, not a risk; nor
+    # is the root's own (a tenant's name is global by design). A team's URL is.
+    assert not any("index_tags_on_team_id_and_name" in r or "index_accounts_on_name" in r
+                   for r in risks), risks
+    assert any(r.startswith("public.teams: index_teams_on_url unique index (url)")
+               for r in risks), risks
 
     # As tenant 2, under RLS, another tenant's slug collides: the unique index reveals it.
     with psycopg.connect(empty_db) as conn:

@@ -82,22 +82,29 @@ def index_keys(index: Index) -> tuple[str, ...]:
     return tuple(c if c is not None else "<expression>" for c in index.columns)
 
 
-def global_uniques(table: Table, column: str) -> list[GlobalUnique]:
+def global_uniques(table: Table, column: str,
+                   scoped_by: Sequence[tuple[str, ...]] = ()) -> list[GlobalUnique]:
     """Unique constraints and unique indexes of ``table`` whose key does not hold the tenant
     ``column``: they span tenants, so an insert reveals that another tenant already has the
     value. Primary keys, indexes of a partition (its parent's are reported) and the
     toolkit's own tenant-scoped ones are left out; an index that is not valid yet but ready
-    counts (inserts check it already)."""
+    counts (inserts check it already). So is a key that holds every column of a link in
+    ``scoped_by`` (foreign keys to tenant tables): ``UNIQUE (team_id, name)`` is unique
+    within a team, so within its tenant; a one-to-one link column likewise."""
     found: list[GlobalUnique] = []
     backing = {c.index_name for c in table.constraints if c.index_name}
+
+    def scoped(columns: Sequence[str | None]) -> bool:
+        return column in columns or any(set(link) <= set(columns) for link in scoped_by)
+
     for con in table.constraints:
-        if con.kind == "u" and column not in con.columns:
+        if con.kind == "u" and not scoped(con.columns):
             found.append(GlobalUnique(con.name, "constraint",
                                       tuple(quote_ident(c) for c in con.columns),
                                       con.columns, None))
     for idx in table.indexes:
         if (not idx.is_unique or idx.is_primary or not idx.is_ready or idx.parent_index
-                or idx.name in backing or column in idx.columns):
+                or idx.name in backing or scoped(idx.columns)):
             continue
         found.append(GlobalUnique(idx.name, "index", index_keys(idx),
                                   tuple(c for c in idx.columns if c is not None),
@@ -179,6 +186,24 @@ class PlanContext:
 
     def tenant_table(self, qname: QualifiedName) -> TenantTable | None:
         return self._tenant_tables_by_name.get(qname)
+
+    def global_uniques(self, entry: TenantTable) -> list[GlobalUnique]:
+        """:func:`global_uniques` of ``entry``, less those scoped by a link to a tenant
+        table; none for the root (its uniques are about the tenants themselves: a
+        subdomain or a URL is global by design)."""
+        if entry.strategy == "root":
+            return []
+        tenant = {e.qname for e in self.tenant_tables}
+        links = [fk.columns for fk in entry.table.foreign_keys
+                 if fk.ref_table in tenant or self._top(fk.ref_table) in tenant]
+        return global_uniques(entry.table, entry.column, links)
+
+    def _top(self, qname: QualifiedName) -> QualifiedName:
+        table = self.catalog.tables.get(qname)
+        while table is not None and table.partition_of is not None:
+            qname = table.partition_of
+            table = self.catalog.tables.get(qname)
+        return qname
 
     def tenant_value(self) -> sql.Composed:
         """The current tenant, read so that an unset or reset setting gives NULL:

@@ -30,6 +30,8 @@ from rls_migrate.sqlalchemy import install_tenant_listener, sqlalchemy_url, tena
 MODES = ("simple", "prepared", "generic", "orm")
 PREPARED_RUNS = 6
 GENERIC_RUNS = 2
+STREAM_BATCH = 50
+"""Rows a server-side cursor fetches at a time (``FETCH FORWARD 50``)."""
 
 Outcome = tuple[str, tuple[str, ...]]
 """("rows", the rows' reprs sorted) or ("error", (class, message)): results compared as
@@ -92,8 +94,15 @@ class Runner:
                 set_tenant(conn, tenant.id)
                 for statement in pattern.before:
                     conn.execute(statement, _used(statement, params), prepare=prepare)
-                cur = conn.execute(pattern.sql, _used(pattern.sql, params), prepare=prepare)
-                rows = cur.fetchall() if cur.description else [(cur.rowcount,)]
+                if pattern.stream:
+                    with conn.cursor(name="corpus_stream") as named:
+                        named.itersize = STREAM_BATCH
+                        named.execute(pattern.sql, _used(pattern.sql, params))
+                        rows = list(named)
+                else:
+                    cur = conn.execute(pattern.sql, _used(pattern.sql, params),
+                                       prepare=prepare)
+                    rows = cur.fetchall() if cur.description else [(cur.rowcount,)]
                 for statement in pattern.after:
                     conn.execute(statement, _used(statement, params), prepare=prepare)
         except psycopg.Error as exc:
@@ -111,8 +120,11 @@ class Runner:
                 if pattern.orm is not None:
                     rows = pattern.orm(session, tenant)
                 else:
+                    options = ({"stream_results": True, "yield_per": STREAM_BATCH}
+                               if pattern.stream else {})
                     result: Any = session.execute(text(pattern.text_sql),
-                                                  _used(pattern.sql, params))
+                                                  _used(pattern.sql, params),
+                                                  execution_options=options)
                     rows = ([tuple(r) for r in result] if result.returns_rows
                             else [(result.rowcount,)])
                 for statement in pattern.after:
@@ -122,8 +134,11 @@ class Runner:
             return error_of(getattr(exc, "orig", None) or exc)
         return outcome_of(rows)
 
-    def run(self, pattern: Pattern, tenant: Tenant, mode: str) -> list[Outcome]:
-        """Every run of ``pattern`` in ``mode`` for ``tenant``, in order."""
+    def run(self, pattern: Pattern, tenant: Tenant, mode: str, repeat: bool = True
+            ) -> list[Outcome]:
+        """Every run of ``pattern`` in ``mode`` for ``tenant``, in order (``repeat``: the
+        prepared modes as many times as :data:`PREPARED_RUNS` / :data:`GENERIC_RUNS` say,
+        else once)."""
         name = app_name(pattern.name, mode)
         if mode == "orm":
             self._app_name = name
@@ -132,7 +147,7 @@ class Runner:
         conn.execute("SELECT set_config('application_name', %s, false)", [name])
         if mode == "simple":
             return [self._psycopg(conn, pattern, tenant, prepare=False)]
-        runs = PREPARED_RUNS if mode == "prepared" else GENERIC_RUNS
+        runs = (PREPARED_RUNS if mode == "prepared" else GENERIC_RUNS) if repeat else 1
         return [self._psycopg(conn, pattern, tenant, prepare=True) for _ in range(runs)]
 
 
@@ -157,8 +172,10 @@ SMALL_TENANT_MODES = ("simple", "generic")
 biggest tenant runs in every mode: its custom plans are the ones that scan."""
 
 
-def run_corpus(app_dsn: str, patterns: Sequence[Pattern], big: Tenant, small: Tenant
-               ) -> Results:
+def run_corpus(app_dsn: str, patterns: Sequence[Pattern], big: Tenant, small: Tenant,
+               repeat: bool = True) -> Results:
+    """Every pattern in every mode. ``repeat=False`` (the enforced pass, whose results are
+    compared with every run of the observed one) runs each mode once."""
     out: Results = {}
     with Runner(app_dsn) as runner:
         for pattern in patterns:
@@ -166,7 +183,8 @@ def run_corpus(app_dsn: str, patterns: Sequence[Pattern], big: Tenant, small: Te
                 for tenant in (big, small):
                     if tenant is small and mode not in SMALL_TENANT_MODES:
                         continue
-                    out[(pattern.name, mode, tenant.id)] = runner.run(pattern, tenant, mode)
+                    key = (pattern.name, mode, tenant.id)
+                    out[key] = runner.run(pattern, tenant, mode, repeat)
     return out
 
 

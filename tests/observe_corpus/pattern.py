@@ -43,7 +43,9 @@ class Pattern:
     removes are inserted by ``before``; what an insert adds is removed by ``after``), so every
     run leaves the database as it found it and the observe and enforce passes see the same
     data. ``orm``: the same query written with the SQLAlchemy ORM; without one, the ORM mode
-    runs ``sql`` through an ORM session."""
+    runs ``sql`` through an ORM session. ``stream``: the application reads the rows through a
+    server-side cursor (psycopg's named cursors, SQLAlchemy's ``yield_per``), so the
+    statement that runs the plan is a ``FETCH``."""
 
     name: str
     cause: str
@@ -52,6 +54,8 @@ class Pattern:
     before: Sequence[LiteralString] = ()
     after: Sequence[LiteralString] = ()
     orm: OrmForm | None = None
+    stream: bool = False  # fetched through a server-side cursor (DECLARE ... FETCH)
+    known: str | None = None  # a reported bug that makes this pattern close the gate today
 
     def __post_init__(self) -> None:
         assert self.cause in CAUSES, self.cause

@@ -9,6 +9,9 @@ from observe_corpus import orm
 from observe_corpus.database import Tenant
 from observe_corpus.pattern import Pattern
 
+CURSOR_BUG = ("findings-evidence.md 09:35: a server-side cursor's plan runs at FETCH, the "
+              "recorder records 'FETCH FORWARD 50 FROM c', and its replay fails: unconfirmable")
+
 
 def project(t: Tenant) -> dict[str, object]:
     return {"project": t.project}
@@ -86,6 +89,15 @@ JOINS = (
     Pattern("join_lazyload_comments", "A-join",
             "SELECT c.id FROM comments c WHERE c.issue_id = %(issue)s",
             lambda t: {"issue": t.issue}, orm=orm.lazyload_comments),
+    # A report streamed through a server-side cursor: the plan runs at the first FETCH.
+    Pattern("join_streamed_comments_of_account", "A-join",
+            "SELECT c.id, c.body FROM comments c JOIN issues i ON i.id = c.issue_id"
+            " JOIN projects p ON p.id = i.project_id WHERE p.account_id = %(tenant)s",
+            tenant, stream=True, known=CURSOR_BUG),
+    Pattern("join_streamed_attachments", "A-join",
+            "SELECT a.id, a.size_bytes FROM attachments a JOIN comments c ON c.id = a.comment_id"
+            " JOIN issues i ON i.id = c.issue_id WHERE i.project_id = %(project)s", project,
+            stream=True, known=CURSOR_BUG),
     Pattern("join_selectinload_labels", "A-join",
             "SELECT il.issue_id, l.id FROM issue_labels il JOIN labels l ON l.id = il.label_id"
             " WHERE il.issue_id IN (SELECT id FROM issues WHERE project_id = %(project)s)",

@@ -61,7 +61,7 @@ def correct_run(pg_server: servers.PostgresServer,
         found = gate.verdicts(db)
         refusal = gate.gate_refusal(db)
         db.apply("enforce", force=refusal is not None)
-        enforced = modes.run_corpus(db.app_dsn(), CORRECT, *tenants)
+        enforced = modes.run_corpus(db.app_dsn(), CORRECT, *tenants, repeat=False)
         yield CorrectRun(observed, enforced, found, refusal)
 
 
@@ -116,9 +116,10 @@ def test_correct_patterns_see_the_same_rows_observed_and_enforced(
     errors = {k: v for k, v in correct_run.observed.items()
               if any(kind == "error" for kind, _ in v)}
     assert errors == {}, "correct patterns failed in observe mode"
+    # Every observed run (custom and generic plans) against the enforced one.
     differ = {k: (correct_run.observed[k], correct_run.enforced[k])
               for k in correct_run.observed
-              if correct_run.observed[k] != correct_run.enforced[k]}
+              if set(correct_run.observed[k]) != set(correct_run.enforced[k])}
     assert differ == {}, "enforce changed what a correct pattern sees"
     # Not vacuous: the patterns do return rows (most of them, for the biggest tenant).
     returning = {k[0] for k, v in correct_run.observed.items()
@@ -138,22 +139,28 @@ def test_wrong_paths_see_something_else_enforced(wrong_run: WrongRun) -> None:
 
 # --------------------------------------------------------------------------- the gate
 
-# Without replay every recorded group blocks: measured on this version, 44 (PostgreSQL 18)
-# and 45 (PostgreSQL 15) of the 75 correct patterns close the gate, and no wrong path gets a
-# verdict. The assertions below are what issue 16 asks for.
+# Without replay every recorded group blocks: measured before replay, 43 (PostgreSQL 18) and
+# 46 (PostgreSQL 15) of 75 correct patterns closed the gate, and no wrong path got a verdict.
+# The assertions below are what issue 16 asks for. A pattern or path marked ``known`` is a bug
+# reported in /work/notes/findings-evidence.md: it must keep failing until fixed, then lose
+# its mark.
 needs_replay = pytest.mark.xfail(
     not gate.HAS_REPLAY, strict=True,
     reason="no replay in this version (issue 16 item 3): every recorded group blocks")
 
 
 @needs_replay
-
 def test_no_correct_pattern_closes_the_gate(correct_run: CorrectRun) -> None:
     closing = gate.by_application([g for g in correct_run.found if g.blocks], "corpus")
+    names = by_name(CORRECT)
     why = {name: sorted({(g.table, g.operation, g.kind, g.verdict, g.reason) for g in groups},
-                        key=repr) for name, groups in sorted(closing.items())}
-    assert why == {}, f"{len(closing)} of {len(CORRECT)} correct patterns close the gate"
-    assert correct_run.refusal is None
+                        key=repr) for name, groups in sorted(closing.items())
+           if names[name].known is None}
+    assert why == {}, f"{len(why)} of {len(CORRECT)} correct patterns close the gate"
+    fixed = sorted(p.name for p in CORRECT if p.known and p.name not in closing)
+    assert fixed == [], "fixed: drop their `known` mark"
+    if not any(p.known for p in CORRECT):
+        assert correct_run.refusal is None
 
 
 @needs_replay
@@ -164,5 +171,8 @@ def test_every_wrong_path_closes_the_gate_confirmed(wrong_run: WrongRun) -> None
     unconfirmed = {name: [(g.table, g.operation, g.kind, g.verdict, g.reason) for g in groups]
                    for name, groups in found.items()
                    if not any(g.verdict == "confirmed" and g.blocks for g in groups)}
-    assert unconfirmed == {}, "wrong paths the gate does not confirm"
+    known = {w.name for w in WRONG_PATHS if w.known}
+    assert {k: v for k, v in unconfirmed.items() if k not in known} == {}, (
+        "wrong paths the gate does not confirm")
+    assert sorted(known - set(unconfirmed)) == [], "fixed: drop their `known` mark"
     assert wrong_run.refusal is not None
