@@ -315,6 +315,7 @@ def _render_lib(dsn: str, playbook: Playbook, versions: Path, stages: list[str] 
     return written
 
 
+@pytest.mark.core_majors  # CLI input checks
 def test_render_chains_after_the_head_and_refuses_bad_input(small_db: str, tmp_path: Path) -> None:
     root = tmp_path / "app"
     versions = alembic_env(root)

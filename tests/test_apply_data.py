@@ -155,6 +155,7 @@ def test_the_runner_still_stops_on_orphans_the_preflight_did_not_see(sample_db: 
     assert orphan["kind"] == "orphan" and orphan["count"] >= 3 and len(orphan["sample"]) >= 3
 
 
+@pytest.mark.core_majors  # the CLI over the stages the in-process test runs on every major
 def test_cli_apply_status_rollback(sample_db: str, tmp_path: Path) -> None:
     import subprocess
     import sys

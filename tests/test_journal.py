@@ -139,6 +139,7 @@ def _alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.core_majors  # the alembic CLI; in-process journal tests run on every major
 def test_alembic_cli_upgrade_and_downgrade(empty_db: str) -> None:
     up = _alembic("-x", f"dsn={empty_db}", "upgrade", "head")
     assert up.returncode == 0, up.stderr

@@ -31,6 +31,15 @@ EXTRAS = (
 )
 
 
+def extras(major: int) -> tuple[str, ...]:
+    """:data:`EXTRAS` as ``major`` can have them: before PostgreSQL 15 (no security_invoker)
+    the view reads its tables as the application role by being owned by it."""
+    if major >= 15:
+        return EXTRAS
+    plain = EXTRAS[0].replace(" WITH (security_invoker = true)", "")
+    return (plain, f"ALTER VIEW issue_board OWNER TO {samples.APP_ROLE}", *EXTRAS[1:])
+
+
 @dataclasses.dataclass(frozen=True)
 class Tenant:
     """A tenant's own rows that patterns ask for, and another tenant's, for wrong paths."""
@@ -147,7 +156,7 @@ def observed(server: servers.PostgresServer,
     verify tests share), with :data:`EXTRAS` added, nothing recorded yet."""
     with enforce_helpers.clone(server, make_factory, "observe") as sample:
         with psycopg.connect(sample.dsn, autocommit=True) as conn:
-            for statement in EXTRAS:
+            for statement in extras(server.major):
                 conn.execute(statement.encode())
         playbook = with_server_log(sample.playbook, server)
         # Observe again: what it sets per database (the application role's parameter
