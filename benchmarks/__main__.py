@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ("plan_scale", "backfill", "index", "policy_overhead", "observe_cost",
-              "kill_switch", "zero_downtime")
+              "kill_switch", "zero_downtime", "sync_trigger")
 RESULTS = Path(__file__).parent / "results"
 
 

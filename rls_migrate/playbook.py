@@ -44,7 +44,13 @@ from pydantic import (
     model_validator,
 )
 
-from rls_migrate.catalog import Catalog, QualifiedName, quote_ident, split_qualified
+from rls_migrate.catalog import (
+    Catalog,
+    QualifiedName,
+    parse_column,
+    quote_ident,
+    split_qualified,
+)
 from rls_migrate.errors import PlaybookError
 
 TODO = "TODO"
@@ -167,6 +173,12 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
     return parts
 
 
+def _column_name(value: Any) -> Any:
+    """A column as SQL writes it: ``'"accountId"'`` is the column accountId; a bare name is
+    taken as written (so playbooks written before quoting was accepted load unchanged)."""
+    return parse_column(value) if isinstance(value, str) else value
+
+
 class TablePlan(Strict):
     """What to do with one table."""
 
@@ -200,6 +212,11 @@ class TablePlan(Strict):
     drop_replaced_indexes: bool = False
     force_rls: bool | None = None
     note: str | None = None
+
+    @field_validator("column", mode="before")
+    @classmethod
+    def _column_name(cls, value: Any) -> Any:
+        return _column_name(value)
 
     @field_validator("parent", mode="before")
     @classmethod
@@ -261,6 +278,11 @@ class Tenant(Strict):
     key_type: Literal["bigint", "integer", "smallint", "uuid", "text"] = "bigint"
     column: str = Field(default="tenant_id", description="the column added to derived tables")
     setting: str = Field(default="app.tenant_id", description="the per-transaction setting")
+
+    @field_validator("key", "column", mode="before")
+    @classmethod
+    def _column_names(cls, value: Any) -> Any:
+        return _column_name(value)
 
     @field_validator("setting")
     @classmethod

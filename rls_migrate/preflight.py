@@ -145,16 +145,16 @@ def table_queries(ctx: PlanContext, entry: TenantTable,
 def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
                      ) -> frozenset[QualifiedName]:
     """Tenant tables whose tenant column exists now (live, not from the catalog snapshot:
-    the gate runs right after other stages changed it)."""
-    present = set()
-    for entry in ctx.tenant_tables:
-        row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass"
-            " AND attname = %s AND NOT attisdropped)",
-            [regclass_text(entry.qname), entry.column]).fetchone()
-        if row and row[0]:
-            present.add(entry.qname)
-    return frozenset(present)
+    the gate runs right after other stages changed it), in one query."""
+    entries = list(ctx.tenant_tables)
+    if not entries:
+        return frozenset()
+    rows = conn.execute(
+        "SELECT w.i FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS w(rel, col, i)"
+        " WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
+        " AND a.attname = w.col AND NOT a.attisdropped)",
+        [[regclass_text(e.qname) for e in entries], [e.column for e in entries]]).fetchall()
+    return frozenset(entries[int(r[0]) - 1].qname for r in rows)
 
 
 def _sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:

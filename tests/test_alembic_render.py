@@ -441,3 +441,27 @@ def test_rendered_revisions_upgrade_like_apply_and_downgrade_cleanly(
     finally:
         for dsn in (by_alembic, by_apply):
             factory.drop(servers.dbname_of(dsn))
+
+
+def test_rendered_constrain_refuses_rows_without_a_tenant_with_counts(
+        small_db: str, tmp_path: Path) -> None:
+    """A revision's constrain refuses, before its first statement, while rows have no
+    tenant: the count and sample keys, instead of VALIDATE's raw 23514."""
+    root = tmp_path / "app"
+    versions = alembic_env(root)
+    written = _render_lib(small_db, small_playbook(),
+                          versions, ["prepare", "add-column", "backfill", "constrain"])
+    backfill = next(rev for _, rev in written if rev.stages == ("backfill",))
+    alembic(root, small_db, "upgrade", backfill.revision)
+    with psycopg.connect(small_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET tenant_id = NULL WHERE id IN (7, 8)").format(
+            sql.Identifier(TASKS)))
+    failed = run(str(BIN / "alembic"), "-c", str(root / "alembic.ini"), "upgrade", "head",
+                 dsn=small_db)
+    assert failed.returncode != 0
+    output = failed.stdout + failed.stderr  # alembic prints "FAILED: ..." on stdout
+    assert "refused, nothing executed: 2 row(s) of" in output, output[-3000:]
+    assert "have tenant_id NULL (sample keys: 7, 8)" in output
+    with psycopg.connect(small_db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE"
+                            " '%rlsm_not_null'").fetchone() == (0,)

@@ -10,9 +10,9 @@ Rules (a row of a derived, hint or owned table; ``col`` its tenant column):
 3. A link that names a parent: the parent's tenant, read with the trigger owner's rights
    (SECURITY DEFINER: a parent of another tenant is found even under enforced RLS, so the
    write is refused by the policy instead of linking across tenants). When the tenant
-   setting names another tenant, the parent's is kept and the conflict is recorded (one
-   sample per transaction and table in ``rls_migrate.sync_conflicts``, a LOG line for
-   every row): silently choosing either would hide a bug in the writer.
+   setting names another tenant, the parent's is kept and the conflict is recorded (a LOG
+   line and a sample in ``rls_migrate.sync_conflicts``, once per transaction and table):
+   silently choosing either would hide a bug in the writer.
 4. A parent that cannot be resolved (not written yet, an FK-less hint, a deferred foreign
    key) or has no tenant itself: the writer's tenant from the setting; without a setting,
    an INSERT stays empty (the backfill, or the preflight, finds it) and an UPDATE keeps
@@ -74,14 +74,15 @@ def _row_key(entry: TenantTable, row: str) -> sql.Composable:
 
 def _record_conflict(entry: TenantTable, row_key: sql.Composable, found: sql.Composable,
                      setting: sql.Composable, source: sql.Literal) -> sql.Composed:
-    """PL/pgSQL that logs a conflict and samples it once per transaction and table."""
+    """PL/pgSQL that logs a conflict and samples it, once per transaction and table (a
+    writer that conflicts on every row must not write a log line or a sample per row)."""
     marker = _marker(entry.qname)
     table = sql.Literal(str(entry.qname))
     return compose(
-        "RAISE LOG 'rls_migrate sync_conflict table=% key=% kept=% other=% source=%',"
-        " {table}, {key}, {found}, {setting}, {source};\n"
-        "      IF current_setting({marker}, true) IS DISTINCT FROM 'on' THEN\n"
+        "IF current_setting({marker}, true) IS DISTINCT FROM 'on' THEN\n"
         "        PERFORM set_config({marker}, 'on', true);\n"
+        "        RAISE LOG 'rls_migrate sync_conflict table=% key=% kept=% other=% source=%',"
+        " {table}, {key}, {found}, {setting}, {source};\n"
         "        INSERT INTO {conflicts} (table_name, row_key, kept_tenant, other_tenant,"
         " source, session_role, application_name)\n"
         "        VALUES ({table}, {key}, ({found})::text, ({setting})::text, {source},"

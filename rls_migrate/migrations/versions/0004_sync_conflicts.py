@@ -8,7 +8,7 @@ Create Date: 2026-12-03
 The sync triggers of add-column keep the parent's tenant (or, for a reverse one-to-one row,
 the owner's) and record the disagreement here instead of choosing silently: one sample per
 transaction and table (written by the SECURITY DEFINER trigger function: the application
-role has no privilege here), every occurrence as a LOG line. ``kept_tenant`` is the tenant
+role has no privilege here), with a LOG line beside it. ``kept_tenant`` is the tenant
 the row got, ``other_tenant`` the one the writer's setting (``source = 'setting'``) or the
 owned row's earlier value (``source = 'owner'``) named. The preflight (``plan``, constrain)
 reports them per table.
