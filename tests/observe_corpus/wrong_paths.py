@@ -84,7 +84,7 @@ WRONG_PATHS = (
               _in_tenant("DELETE FROM comments WHERE id = %(c)s RETURNING id",
                          lambda t: {"c": t.other_leaf_comment}),
               known="findings-evidence.md 09:25: the row is gone when the DELETE is replayed,"
-                    " 0 rows both ways: harmless"),
+                    " 0 rows both ways: it closes the gate unconfirmable, not confirmed"),
     WrongPath("cross_tenant_insert", "inserts a row for another tenant",
               _in_tenant("INSERT INTO projects (account_id, name) VALUES (%(o)s, 'misfiled')"
                          " RETURNING account_id, name", lambda t: {"o": t.other})),
