@@ -157,7 +157,8 @@ def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
     return frozenset(entries[int(r[0]) - 1].qname for r in rows)
 
 
-def _sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+def sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per table: how many conflicts the sync triggers sampled, and the latest few."""
     row = conn.execute("SELECT to_regclass('rls_migrate.sync_conflicts') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return {}
@@ -175,7 +176,7 @@ def run_preflight(conn: psycopg.Connection[Any], ctx: PlanContext,
     """Count and sample the rows without a tenant in every tenant table (or ``tables``),
     parents first. Read-only; each table under :data:`STATEMENT_TIMEOUT_MS`."""
     present = _columns_present(conn, ctx)
-    conflicts = _sync_conflicts(conn)
+    conflicts = sync_conflicts(conn)
     findings = []
     for entry in ctx.tenant_tables:
         if tables is not None and entry.qname not in tables:
