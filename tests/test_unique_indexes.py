@@ -191,3 +191,16 @@ def test_tenant_unique_on_unique_indexes_and_rollback(empty_db: str, catalog: Ca
     rollback_to(empty_db, playbook, "constrain")
     assert definitions() == before
 
+
+
+def test_tenant_unique_naming_nothing_unique_is_one_clear_error(catalog: Catalog) -> None:
+    for wanted, message in (
+            ("[index_articles_on_slgu]", r"tables\.public\.articles\.tenant_unique: table "
+             r"public\.articles has no column, unique index or unique constraint "
+             r"'index_articles_on_slgu' \(did you mean index_articles_on_slug"),
+            ("[articles_pkey]", r"articles_pkey is the primary key")):
+        playbook = parse_playbook(PLAYBOOK.replace(
+            "public.articles: {strategy: direct, column: account_id}",
+            f"public.articles: {{strategy: direct, column: account_id, tenant_unique: {wanted}}}"))
+        with pytest.raises(PlaybookError, match=message):
+            build_plan(catalog, playbook, ["index"])
