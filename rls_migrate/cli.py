@@ -33,7 +33,7 @@ class _Commands(click.Group):
     BESIDE_THEIR_CODE = {
         "alembic": ("rls_migrate.alembic_cli", "alembic_group"),
         "check": ("rls_migrate.check", "check_command"),
-        "report": ("rls_migrate.report", "report"),
+        "report": ("rls_migrate.report_cli", "report"),
         "verify": ("rls_migrate.verify.command", "verify_command"),
     }
 
