@@ -391,6 +391,10 @@ def status(playbook: Path, dsn: str | None, fmt: str) -> None:
     for anomaly in report["anomalies"]:
         click.echo(f"{anomaly['kind']}s in {anomaly['table_name']}: {anomaly['count']} "
                    f"(sample keys: {anomaly['sample']})")
+    for conflict in report.get("sync_conflicts", []):
+        click.echo(f"sync conflicts in {conflict['table_name']}: {conflict['count']} "
+                   "transaction(s) wrote a row whose tenant disagreed with its parent's or "
+                   f"owner's (that one was kept; latest: {'; '.join(conflict['sample'])})")
     for err in report["errors"]:
         click.echo(_error_line(err))
 
