@@ -408,6 +408,9 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
             "matrix": matrix,
             "backfill": checkpoints,
             "anomalies": [dataclasses.asdict(a) for a in journal.anomalies()],
+            "sync_conflicts": [{"table_name": t, "count": n, "sample": list(sample)}
+                               for t, (n, sample) in
+                               sorted(_preflight.sync_conflicts(conn).items())],
             "errors": [dataclasses.asdict(r) for r in journal.status_rows() if r.last_error],
             "left_out": [{"table": str(q), "strategy": p.strategy, "note": p.note}
                          for q, p in sorted(playbook.table_plans())
