@@ -344,6 +344,29 @@ class EnforceOptions(Strict):
         default=86_400_000.0, description="the clean-report window the gate checks")
 
 
+class ObserveOptions(Strict):
+    capture_parameters: int = Field(
+        default=1024, ge=0, le=1_048_576,
+        description="bytes of each bound parameter the server logs with a recorded statement "
+                    "(log_parameter_max_length_on_error for the application role; 0: off). "
+                    "On by default: a statement sent with parameters cannot be replayed "
+                    "without them, and the gate refuses what it cannot confirm. The values "
+                    "stay in the server log; report output redacts them")
+    replay_samples: int = Field(
+        default=5, ge=1, le=100,
+        description="distinct parameter sets of a group that report --confirm replays")
+    replay_timeout: DurationMs = Field(
+        default=5_000.0, description="statement_timeout of each replayed statement")
+    replay_writes: Literal["rollback", "never"] = Field(
+        default="rollback",
+        description="rollback: a recorded INSERT/UPDATE/DELETE is replayed in a transaction "
+                    "that is always rolled back (on the primary, under lock_timeout); never: "
+                    "such statements stay unconfirmable")
+    logs: tuple[str, ...] = Field(
+        default=(), description="server log files (globs) report and the enforce gate read "
+                                "for parameters and for records of read-only transactions")
+
+
 class IndexOptions(Strict):
     concurrency: int = Field(default=1, ge=1, le=8)
     tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
@@ -378,6 +401,7 @@ class Options(Strict):
     backfill: BackfillOptions = BackfillOptions()
     index: IndexOptions = IndexOptions()
     enforce: EnforceOptions = EnforceOptions()
+    observe: ObserveOptions = ObserveOptions()
 
 
 class Playbook(Strict):

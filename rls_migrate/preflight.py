@@ -157,7 +157,16 @@ def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
     return frozenset(entries[int(r[0]) - 1].qname for r in rows)
 
 
-def _sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+def _not_null_now(conn: psycopg.Connection[Any], entry: TenantTable) -> bool:
+    row = conn.execute(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attname = %s AND NOT attisdropped",
+        [regclass_text(entry.qname), entry.column]).fetchone()
+    return bool(row and row[0])
+
+
+def sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per table: how many conflicts the sync triggers sampled, and the latest few."""
     row = conn.execute("SELECT to_regclass('rls_migrate.sync_conflicts') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return {}
@@ -175,7 +184,7 @@ def run_preflight(conn: psycopg.Connection[Any], ctx: PlanContext,
     """Count and sample the rows without a tenant in every tenant table (or ``tables``),
     parents first. Read-only; each table under :data:`STATEMENT_TIMEOUT_MS`."""
     present = _columns_present(conn, ctx)
-    conflicts = _sync_conflicts(conn)
+    conflicts = sync_conflicts(conn)
     findings = []
     for entry in ctx.tenant_tables:
         if tables is not None and entry.qname not in tables:
@@ -318,8 +327,11 @@ def _gate(stage: str) -> Any:
             wanted = frozenset(e.qname for e in ctx.tenant_tables if e.added
                                and playbook.orphans_for(e.qname) == "stop")
         else:
+            # A column already NOT NULL (constrain ran, or the application's own) has no
+            # NULL to find: not scanned again.
             wanted = frozenset(e.qname for e in ctx.tenant_tables
-                               if not playbook.keeps_nullable(e.qname))
+                               if not playbook.keeps_nullable(e.qname)
+                               and not _not_null_now(conn, e))
         if not wanted:
             return None
         findings = run_preflight(conn, ctx, wanted)

@@ -39,6 +39,7 @@ from rls_migrate.citus.readiness import Readiness, readiness_of
 from rls_migrate.citus.render import render_json, render_markdown, render_text
 from rls_migrate.citus.runbook import render_runbook
 from rls_migrate.cli import main
+from rls_migrate.context import set_tenant
 from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
@@ -348,15 +349,24 @@ def test_tutorial_fixes_under_load(tutorial_db: str, pg_server: servers.Postgres
 
 
 def test_sync_trigger_drop_is_refused_until_the_application_writes_the_tenant(
-        tutorial_db: str) -> None:
+        tutorial_db: str, pg_server: servers.PostgresServer) -> None:
     pb = _tutorial_playbook(tutorial_db)
     apply_stage(tutorial_db, tut.with_index_options(pb, sync_triggers="watch"), "index")
     drop = tut.with_index_options(pb, sync_triggers="drop", sync_watch_min=0.0)
     _insert_with_tenant(tutorial_db)
-    with psycopg.connect(tutorial_db, autocommit=True) as conn:
-        # The old code path still runs for impressions: no company_id (the trigger fills it).
-        conn.execute("INSERT INTO impressions (ad_id, seen_at, site_url, user_ip, user_data)"
-                     " SELECT id, now(), 's', '192.0.2.3', '{}' FROM ads ORDER BY id LIMIT 2")
+    app_dsn = pg_server.dsn(servers.dbname_of(tutorial_db), user=samples.APP_ROLE)
+    with psycopg.connect(tutorial_db) as owner:
+        ads = [r[0] for r in owner.execute("SELECT a.id FROM ads a JOIN campaigns p"
+                                           " ON p.id = a.campaign_id WHERE p.company_id = 1"
+                                           " ORDER BY a.id LIMIT 2")]
+    with psycopg.connect(app_dsn, autocommit=True) as app, app.transaction():
+        # The old code path still runs for impressions, as the application role: no
+        # company_id (the sync trigger fills it; the watch counts it, with no right of the
+        # application role on the toolkit's schema).
+        set_tenant(app, 1)
+        for ad in ads:
+            app.execute("INSERT INTO impressions (ad_id, seen_at, site_url, user_ip, user_data)"
+                        " VALUES (%s, now(), 's', '192.0.2.3', '{}')", [ad])
     with pytest.raises(StepFailed, match=r"2 row\(s\) inserted into public.impressions since .*"
                                          r"arrived without company_id"):
         _drop_when_counted(tutorial_db, drop)

@@ -180,6 +180,13 @@ def test_init_cli_counts_and_identifier_syntax(loaded: tuple[str, Catalog, Tenan
     assert len(playbook.todos) == 4
     assert "1 of 2 rows have recipientId NULL" in out_path.read_text()
 
+    # --force over an existing playbook says what it replaced.
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--dsn", dsn, "--tenant-table", '"Organisation"', "-o", str(out_path),
+              "--force"])
+    assert exited.value.code == 0
+    assert f"WARNING: --force: replaced the existing {out_path}" in capsys.readouterr().err
+
 
 def test_django_generic_relations_need_a_hint(empty_db: str) -> None:
     """Django's content_type_id + object_id (taggit, admin log): the parent depends on the

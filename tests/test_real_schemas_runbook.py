@@ -24,10 +24,7 @@ from rls_migrate.preflight import with_preflight
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 
-# The runbook over each schema. Rails is kept out until its open issue-17 item lands (recorded
-# in /work/notes/findings-evidence.md): it stops at observe (recorders typed integer, called
-# with account_users.account_id bigint: item 1).
-RUNBOOK = ["django", "prisma"]
+RUNBOOK = sorted(SCHEMAS)
 
 
 @pytest.mark.parametrize("name", RUNBOOK)
