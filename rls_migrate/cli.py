@@ -171,9 +171,11 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
               default="text", show_default=True,
               help="text for terminals, markdown for pull requests, json for automation, "
                    "sql for a runnable psql script")
+@click.option("--pretty", is_flag=True,
+              help="with --format json: indented, instead of one line per step")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
-def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
+def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pretty: bool,
          output: Path | None) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
@@ -184,15 +186,24 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --format json | jq -c '.stages[].steps[].id'
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
-    from rls_migrate.render import RENDERERS
+    from rls_migrate.render import RENDERERS, render_json
 
+    if pretty and fmt != "json":
+        raise UsageError("--pretty applies to --format json only")
     pb, resolved = _load(playbook, dsn)
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
         the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
-        text = RENDERERS[fmt](the_plan, catalog, conn)
+        if pretty:
+            text = render_json(the_plan, catalog, conn, pretty=True)
+        else:
+            text = RENDERERS[fmt](the_plan, catalog, conn)
+        # Freed by reference counting while the cyclic collector is still off: back on with
+        # the plan alive, its first pass would walk a million objects for nothing.
+        del the_plan, catalog
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")
