@@ -204,12 +204,19 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     def line(left: str, mid: str, right: str) -> str:
         return left + mid.join("─" * (w + 2) for w in widths) + right
 
+    wrapped: dict[tuple[str, int], list[str]] = {}
+
     def wrap(cell: str, width: int) -> list[str]:
         if len(cell) <= width and "\n" not in cell:
             return [cell]
-        return [part for paragraph in cell.split("\n") for part in
+        # Most long cells repeat (the same description for every table): wrap each once.
+        lines = wrapped.get((cell, width))
+        if lines is None:
+            lines = wrapped[cell, width] = [
+                part for paragraph in cell.split("\n") for part in
                 (textwrap.wrap(paragraph, width, break_long_words=True,
                                break_on_hyphens=False) or [""])]
+        return lines
 
     def cells(row: tuple[str, ...]) -> list[str]:
         columns = [wrap(cell, width) for cell, width in zip(row, widths, strict=True)]
