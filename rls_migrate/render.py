@@ -24,9 +24,17 @@ from typing import Any
 
 from rls_migrate.catalog import Catalog
 from rls_migrate.sqlcompose import SqlText
-from rls_migrate.steps import Plan, Step
+from rls_migrate.steps import Estimate, Plan, Step
 
 Renderer = Callable[[Plan, Catalog, Any], str]
+
+
+_ESTIMATE_FIELDS = tuple(f.name for f in dataclasses.fields(Estimate))
+
+
+def _estimate(estimate: Estimate) -> dict[str, Any]:
+    """``dataclasses.asdict`` without its deep copies (the fields are numbers)."""
+    return {name: getattr(estimate, name) for name in _ESTIMATE_FIELDS}
 
 
 def _statements(step: Step, text: SqlText) -> list[str]:
@@ -46,7 +54,7 @@ def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
             {
                 "name": stage.name,
                 "notes": list(stage.notes),
-                "estimate": dataclasses.asdict(stage.estimate),
+                "estimate": _estimate(stage.estimate),
                 "steps": [
                     {
                         "id": step.id,
@@ -59,7 +67,7 @@ def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
                         "transactional": step.transactional,
                         "statements": _statements(step, text),
                         "inverse": [text(s) for s in step.inverse],
-                        "estimate": dataclasses.asdict(step.estimate),
+                        "estimate": _estimate(step.estimate),
                         "risks": list(step.risks),
                     }
                     for step in stage.steps

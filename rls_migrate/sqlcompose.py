@@ -79,23 +79,27 @@ class SqlText:
 
     def __call__(self, statement: sql.Composable) -> str:
         out: list[str] = []
-        self._walk(statement, out)
+        append, pieces, conn = out.append, self._pieces, self.conn
+        # Depth first without recursion: a stack of the Composed being walked.
+        stack = [iter((statement,))]
+        while stack:
+            part = next(stack[-1], None)
+            if part is None:
+                stack.pop()
+                continue
+            kind = type(part)
+            if kind is sql.Composed:
+                stack.append(iter(cast(sql.Composed, part)))
+            elif kind is sql.SQL:
+                append(part.as_string(conn))
+            elif kind is sql.Identifier or kind is sql.Literal:
+                # The repr names the class and the value (its type too: Literal(1) is not
+                # Literal(True)), so equal reprs render the same.
+                key = repr(part)
+                text = pieces.get(key)
+                if text is None:
+                    text = pieces[key] = part.as_string(conn)
+                append(text)
+            else:
+                append(part.as_string(conn))
         return "".join(out)
-
-    def _walk(self, part: sql.Composable, out: list[str]) -> None:
-        kind = type(part)
-        if kind is sql.Composed:
-            for child in cast(sql.Composed, part):
-                self._walk(child, out)
-        elif kind is sql.SQL:
-            out.append(part.as_string(self.conn))
-        elif kind is sql.Identifier or kind is sql.Literal:
-            # The repr names the class and the value (its type too: Literal(1) is not
-            # Literal(True)), so equal reprs render the same.
-            key = repr(part)
-            text = self._pieces.get(key)
-            if text is None:
-                text = self._pieces[key] = part.as_string(self.conn)
-            out.append(text)
-        else:
-            out.append(part.as_string(self.conn))
