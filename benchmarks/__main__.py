@@ -14,8 +14,8 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("plan_scale", "backfill", "index", "policy_overhead", "kill_switch",
-              "zero_downtime")
+BENCHMARKS = ("plan_scale", "backfill", "index", "policy_overhead", "observe_cost",
+              "kill_switch", "zero_downtime", "sync_trigger")
 RESULTS = Path(__file__).parent / "results"
 
 

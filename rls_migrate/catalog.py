@@ -36,10 +36,14 @@ SETTINGS = (
     "log_min_messages",
     "lock_timeout",
     "statement_timeout",
+    "deadlock_timeout",
     "max_replication_slots",
     "wal_level",
     "row_security",
     "default_transaction_read_only",
+    "logging_collector",
+    "log_destination",
+    "log_directory",
 )
 
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
@@ -259,6 +263,7 @@ class Table:
     publications: tuple[str, ...]
     seq_scans: int | None
     n_dead_tup: int | None
+    grantees: tuple[str, ...] = ()  # roles granted a privilege on it (not the owner, not PUBLIC)
 
     @property
     def is_partition(self) -> bool:
@@ -477,7 +482,9 @@ class _Loader:
             " pn.nspname AS parent_schema, pc.relname AS parent_name,"
             " pg_get_expr(c.relpartbound, c.oid) AS bound,"
             " CASE WHEN c.relkind IN ('v','m') THEN pg_get_viewdef(c.oid) END AS viewdef,"
-            " s.seq_scan, s.n_dead_tup"
+            " s.seq_scan, s.n_dead_tup,"
+            " ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantee) FROM aclexplode(c.relacl) a"
+            "  WHERE a.grantee <> 0 AND a.grantee <> c.relowner ORDER BY 1) AS grantees"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND c.relispartition"
             " LEFT JOIN pg_class pc ON pc.oid = i.inhparent"
@@ -679,6 +686,7 @@ class _Loader:
                 publications=tuple(sorted(set(pubs.get(oid, ())))),
                 seq_scans=r["seq_scan"],
                 n_dead_tup=r["n_dead_tup"],
+                grantees=tuple(r["grantees"] or ()),
             )
         # A partitioned parent stores nothing: its size is the sum of its partitions' (also
         # once ANALYZE gave it an estimate of its own), and so is its estimate until then.

@@ -113,7 +113,8 @@ def _print_findings(findings: list[Any]) -> None:
 @dsn_option
 @click.option("--tenant-table", required=True, metavar="TABLE",
               help="the tenant root table, e.g. accounts or public.accounts")
-@click.option("--key", metavar="COLUMN", help="the root's key column (default: its primary key)")
+@click.option("--key", metavar="COLUMN",
+              help="the root's key column, as in SQL: id, '\"orgId\"' (default: its primary key)")
 @click.option("--app-role", metavar="ROLE", help="the role the application connects as")
 @click.option("--column", default="tenant_id", show_default=True,
               help="name of the tenant column added to derived tables")
@@ -134,20 +135,32 @@ def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | No
           -o playbooks/app.yaml
     Tables that need a decision are written as TODO; plan refuses until they are decided.
     """
+    from rls_migrate.catalog import parse_column
     from rls_migrate.discover import discover
     from rls_migrate.init import build_playbook_yaml, write_playbook
+    from rls_migrate.linkcounts import count_links
 
+    try:
+        key = parse_column(key) if key is not None else None
+        column = parse_column(column)
+    except ValueError as exc:
+        raise UsageError(f"--key/--column: {exc}") from None
     with connect(resolve_dsn(dsn)) as conn:
         catalog = Catalog.load(conn)
-    graph = discover(catalog, tenant_table, key=key, tenant_column=column, app_role=app_role)
+        graph = discover(catalog, tenant_table, key=key, tenant_column=column,
+                         app_role=app_role)
+        # The tables whose decision depends on how many rows a link leaves without a tenant.
+        link_counts = count_links(conn, graph)
     text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
-                               column=column, setting=setting)
+                               column=column, setting=setting, link_counts=link_counts)
     path = output or Path("playbooks") / f"{catalog.database}.yaml"
     write_playbook(path, text, force=force)
     counts = graph.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     click.echo(f"wrote {path}: {summary}")
-    todo = counts.get("needs_hint", 0) + counts.get("ambiguous", 0)
+    from rls_migrate.playbook import parse_playbook
+
+    todo = len(parse_playbook(text, str(path)).todos)
     if todo:
         click.echo(f"{todo} table(s) marked TODO need your decision before `rls-migrate plan`.")
 
@@ -175,11 +188,19 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
               help="with --format json: indented, instead of one line per step")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
+@click.option("--target", type=click.Choice(["rls", "citus"]), default="rls",
+              show_default=True,
+              help="rls: the RLS rollout; citus: scale-out readiness (each table's role, every "
+                   "blocker and its fix) and, with --format sql, the distribution runbook")
+@click.option("--no-preflight", is_flag=True,
+              help="skip the data preflight (one scan per tenant table counting NULL tenant "
+                   "keys, NULL links and orphans, with sample keys)")
 def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pretty: bool,
-         output: Path | None) -> None:
+         output: Path | None, target: str, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
-    Reads the catalog; executes nothing.
+    Reads the catalog and, for the data preflight, the tenant tables (rows that will have
+    no tenant: NULL keys, NULL links, orphans, per table with sample keys); executes nothing.
 
     \b
     Examples:
@@ -187,23 +208,41 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
       rls-migrate plan playbooks/app.yaml --format json | jq -c '.stages[].steps[].id'
+      rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
+      rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
+      rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
     from rls_migrate.render import RENDERERS, render_json
 
-    if pretty and fmt != "json":
+    if pretty and (fmt != "json" or target != "rls"):
         raise UsageError("--pretty applies to --format json only")
+    if target == "citus" and stages:
+        raise UsageError("--stage does not go with --target citus (the readiness report "
+                         "covers every table)")
     pb, resolved = _load(playbook, dsn)
     with connect(resolved) as conn, without_cyclic_gc():
         catalog = Catalog.load(conn, schemas=pb.schemas)
-        the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
-        if pretty:
-            text = render_json(the_plan, catalog, conn, pretty=True)
+        if target == "citus":
+            from rls_migrate.citus.readiness import readiness_of
+            from rls_migrate.citus.render import RENDERERS as CITUS
+
+            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
+                              conn)
         else:
-            text = RENDERERS[fmt](the_plan, catalog, conn)
-        # Freed by reference counting while the cyclic collector is still off: back on with
-        # the plan alive, its first pass would walk a million objects for nothing.
-        del the_plan, catalog
+            the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
+            if not no_preflight:
+                from rls_migrate.preflight import with_preflight
+
+                the_plan = with_preflight(conn, catalog, pb, the_plan)
+            if pretty:
+                text = render_json(the_plan, catalog, conn, pretty=True)
+            else:
+                text = RENDERERS[fmt](the_plan, catalog, conn)
+            # Freed by reference counting while the cyclic collector is still off: back on
+            # with the plan alive, its first pass would walk a million objects for nothing.
+            del the_plan
+        del catalog
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")

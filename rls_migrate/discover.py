@@ -19,7 +19,16 @@ Each table that is not a partition gets one :class:`Classification`:
     and cycles never make a path shorter, so they are never chosen).
 ``ambiguous``
     two or more shortest paths with *different first hops*: every one is in
-    ``alternatives``, nothing is guessed.
+    ``alternatives``, nothing is guessed. Also a table reachable only through links that may
+    be NULL when that is by design: the link is ``ON DELETE SET NULL``, or a tenant row owns
+    it one-to-one (a reverse one-to-one: ``Organisation.claimId -> OrganisationClaim.id``,
+    unique): the options are the links and the owners (``Hop.reverse``, written
+    ``id <- public."Organisation"("claimId")``, strategy ``owned``).
+
+Links that may be NULL: a derived table prefers a NOT NULL link to a shorter nullable one;
+a table whose only links may be NULL stays derived with a note and ``nullable_links`` (init
+counts the rows without a link, :mod:`rls_migrate.linkcounts`, and writes a TODO when there
+are any); a path through nullable links further up is noted.
 ``needs_hint``
     reaches no tenant by foreign key, yet looks like tenant data: a column without a foreign
     key that is named and typed like a tenant table's key (``audit_log.issue_id`` and
@@ -90,12 +99,22 @@ class Hop:
     ref_columns: tuple[str, ...]
     constraint: str | None
     evidence: str
+    reverse: bool = False  # a reverse one-to-one: ref_table's ref_columns point at this row
+    nullable: bool = False  # a column of the link may be NULL: such rows have no parent
 
     def __str__(self) -> str:
-        # The playbook's ParentRef syntax, so options can be pasted as ``parent:`` values.
+        # The playbook's syntax, so options can be pasted: ``parent:`` values, or for a row
+        # its owner points at, ``owner:`` values (``id <- public."Envelope"("metaId")``).
         left = ", ".join(quote_ident(c) for c in self.columns)
         right = ", ".join(quote_ident(c) for c in self.ref_columns)
-        return f"{left} -> {self.ref_table}({right})"
+        return f"{left} {'<-' if self.reverse else '->'} {self.ref_table}({right})"
+
+    @property
+    def strategy(self) -> str:
+        """The playbook strategy that follows this hop."""
+        if self.reverse:
+            return "owned"
+        return "derive" if self.constraint is not None else "hint"
 
 
 Path = tuple[Hop, ...]
@@ -115,6 +134,7 @@ class Classification:
     notes: tuple[str, ...] = ()
     partitions: tuple[QualifiedName, ...] = ()  # every partition below a partitioned table
     row_estimate: int = 0
+    nullable_links: tuple[Hop, ...] = ()  # links of its path or options that may be NULL
 
     @property
     def parent(self) -> Hop | None:
@@ -335,8 +355,11 @@ class _Discovery:
                     continue
                 if ident in exact or (ident in hops and fk.ref_table != ref):
                     continue
+                nullable = any(not c.not_null for c in table.columns if c.name in fk.columns)
                 hops[ident] = (Hop(qname, fk.columns, ref, fk.ref_columns, fk.name,
-                                   f"foreign key {quote_ident(fk.name)}"), fk)
+                                   f"foreign key {quote_ident(fk.name)}"
+                                   + (" (nullable)" if nullable else ""),
+                                   nullable=nullable), fk)
                 if fk.ref_table == ref:
                     exact.add(ident)
             for hop, fk in hops.values():
@@ -373,13 +396,18 @@ class _Discovery:
     def _classification(
         self, table: Table, kind: Kind, evidence: str, *, column: str | None = None,
         path: Path = (), alternatives: Sequence[Path] = (), notes: Iterable[str] = (),
+        links: Iterable[Hop] = (),
     ) -> Classification:
+        """``links``: first hops whose rows without a tenant init should count (the path's
+        own first hop is counted when it may be NULL)."""
         qname = table.qname
+        counted = [*path[:1], *links] if path and path[0].nullable else list(links)
+        found = {str(h): h for h in counted}
         return Classification(
             qname, kind, column, evidence, path, tuple(alternatives),
             (*self.notes[qname], *notes, *self.key_mismatch[qname], *_rls_notes(table),
              *_join_note(table)),
-            self._partitions(qname), table.row_estimate)
+            self._partitions(qname), table.row_estimate, tuple(found.values()))
 
     def _partitions(self, qname: QualifiedName) -> tuple[QualifiedName, ...]:
         table = self.nodes.get(qname) or self.catalog.tables[qname]
@@ -490,6 +518,38 @@ class _Discovery:
                 continue
             hop, path = first[0], paths[0]
             notes = list(unresolved)
+            owners = self._owners(qname)
+            if hop.nullable:
+                # Rows whose link is NULL reach no tenant by it: a NOT NULL link that
+                # reaches the tenant too (by a longer path) is the sure one; without one,
+                # the user decides (the rows may belong to the row that points at them).
+                sure = sorted((h for h in self.edges[qname]
+                               if h.ref_table in dist and not h.nullable),
+                              key=lambda h: (dist[h.ref_table], h.ref_table, h.columns))
+                if sure:
+                    notes.append(f"the shorter link {hop} may be NULL: derived through the NOT "
+                                 f"NULL link {sure[0]} instead")
+                    hop = sure[0]
+                    path = (hop,) + self._path_of(hop.ref_table)
+                elif owners or _sets_null(table, hop):
+                    # Rows that lose or never had the link are the normal case here: the
+                    # user decides.
+                    self.result[qname] = self._nullable_todo(table, paths, owners, dist[qname],
+                                                             unresolved)
+                    continue
+                else:
+                    notes.append(f"the link {hop} may be NULL: a row without it gets no tenant "
+                                 f"from it (init counts such rows, and writes the table as TODO "
+                                 f"when there are any)")
+            nullable_on_path = [h for h in path[1:] if h.nullable]
+            if nullable_on_path:
+                notes.append("the path goes through links that may be NULL ("
+                             + ", ".join(str(h) for h in nullable_on_path)
+                             + "): rows of those tables without a link have no tenant, and "
+                               "nor do their rows here")
+            for owner in owners:
+                notes.append(f"also owned one-to-one by {owner.ref_table} ({owner}): if rows "
+                             f"are written before their owner, strategy owned fits better")
             if path[-1].ref_table == self.root:
                 notes.append(f"reaches {self.root} through {path[-1]}, not through its key")
             others = [h for h in self.edges[qname] if h is not hop and h.ref_table in dist]
@@ -500,6 +560,46 @@ class _Discovery:
                         f"{_path_text(path)}; first hop {hop.evidence}")
             self.result[qname] = self._classification(
                 table, "derived", evidence, path=path, notes=notes)
+
+    def _owners(self, qname: QualifiedName) -> list[Hop]:
+        """Reverse one-to-one links: a table that reaches the tenant (classified already)
+        points at ``qname`` through unique columns, so each row of ``qname`` belongs to the
+        one row that points at it."""
+        found: list[Hop] = []
+        for source, fk in self.referenced_by[qname]:
+            owner = self.result.get(source)
+            if owner is None or owner.kind not in TENANT_KINDS:
+                continue
+            if _unique_in(self.nodes[source], fk.columns):
+                found.append(Hop(qname, fk.ref_columns, source, fk.columns, None,
+                                 f"one-to-one: {source}({', '.join(fk.columns)}) is unique and "
+                                 f"references it by foreign key {quote_ident(fk.name)}",
+                                 reverse=True))
+        return found
+
+    def _nullable_todo(self, table: Table, paths: list[Path], owners: list[Hop], hops: int,
+                       unresolved: list[str]) -> Classification:
+        """Reachable only through links that may be NULL: a TODO with every option (the
+        nullable links, the owners that point at it) and what each means."""
+        alternatives = [*paths, *((o,) + self._path_of(o.ref_table) for o in owners)]
+        set_null = [str(p[0]) for p in paths if _sets_null(table, p[0])]
+        evidence = (f"reaches the tenant only through links that may be NULL "
+                    f"({', '.join(str(p[0]) for p in paths)}; "
+                    f"{_plural(hops, 'hop')})")
+        if set_null:
+            evidence += f"; ON DELETE SET NULL: {', '.join(set_null)}"
+        if owners:
+            evidence += "; owned one-to-one by " + ", ".join(
+                f"{o.ref_table}" for o in owners)
+        notes = [*unresolved,
+                 "a row whose link is NULL gets no tenant from it: derive through the link "
+                 "(such rows then take the writer's tenant, or stay without one: nullable / "
+                 "orphans for the table)"
+                 + ("; or strategy owned with an option written '<-' (the row that points at "
+                    "it gives the tenant, also when it is written first)" if owners else
+                    "; or add the tenant column in the application, or skip the table")]
+        return self._classification(table, "ambiguous", evidence, alternatives=alternatives,
+                                    notes=notes, links=[a[0] for a in alternatives])
 
     # ------------------------------------------------------------------ unreached
 
@@ -543,7 +643,8 @@ class _Discovery:
                 self.result[qname] = self._classification(
                     table, "needs_hint",
                     "no foreign-key path to the tenant; " + "; ".join(found.reasons),
-                    alternatives=found.alternatives, notes=found.notes)
+                    alternatives=found.alternatives, notes=found.notes,
+                    links=[a[0] for a in found.alternatives if a[0].reverse])
                 continue
             lookups = sorted({(q, fk.columns) for q, fk in self.referenced_by[qname]
                               if q in tenant})
@@ -615,7 +716,7 @@ class _Discovery:
             if source in tenant and _unique_in(self.nodes[source], fk.columns):
                 hop = Hop(qname, fk.ref_columns, source, fk.columns, None,
                           f"one-to-one: {source}({', '.join(fk.columns)}) is unique and "
-                          f"references it by foreign key {quote_ident(fk.name)}")
+                          f"references it by foreign key {quote_ident(fk.name)}", reverse=True)
                 found.add((hop,) + self._path_of(source))
                 found.reasons.append(hop.evidence)
         return found
@@ -778,6 +879,13 @@ def _top_parent(catalog: Catalog, qname: QualifiedName) -> QualifiedName:
         seen.add(qname)
         table = catalog.tables[qname]
     return qname
+
+
+def _sets_null(table: Table, hop: Hop) -> bool:
+    """The link's foreign key is ``ON DELETE SET NULL``: deleting a parent leaves the row
+    without one, by design."""
+    return any(fk.name == hop.constraint and "ON DELETE SET NULL" in fk.definition
+               for fk in table.foreign_keys)
 
 
 def _unique_in(table: Table, columns: tuple[str, ...]) -> bool:

@@ -35,9 +35,14 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
         add(Diagnosis("ok", "role", f"{who} {role_name!r}: {', '.join(attrs) or 'no attributes'}"
                       + (f"; member of {', '.join(role.member_of)}" if role.member_of else "")))
         if role.superuser:
+            owns = len(catalog.owned_by(role_name))
             add(Diagnosis("warn" if app_role is None else "block", "role",
-                          f"{role_name!r} is a superuser: RLS never applies to it. The "
-                          "application must connect as a role without SUPERUSER"))
+                          f"{role_name!r} is a superuser"
+                          + (f" and owns {owns} table(s)" if owns else "")
+                          + ": RLS never applies to it. The application must connect as a role "
+                            "without SUPERUSER" + (" that owns no table" if owns else "")
+                          + (" (fine for running the migration itself)"
+                             if app_role is None else "")))
         if role.bypassrls:
             add(Diagnosis("warn" if app_role is None else "block", "role",
                           f"{role_name!r} has BYPASSRLS: policies never apply to it. Keep "
@@ -52,6 +57,8 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
                           "RLS unless the table has FORCE ROW LEVEL SECURITY. If the application "
                           "connects as this role, move ownership to a migration role, or plan "
                           "FORCE"))
+    if app_role is not None and app_role != catalog.current_user:
+        out += connection_findings(catalog)
     out += migration_role_findings(catalog, app_role)
     pl = catalog.settings.get("track_functions", "none")
     if pl == "none":
@@ -59,6 +66,7 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
                       "violations in pg_stat_user_functions (set it to 'pl')"))
     else:
         add(Diagnosis("ok", "settings", f"track_functions = {pl}"))
+    out += log_findings(catalog)
     preload = catalog.settings.get("shared_preload_libraries", "")
     if "pg_stat_statements" in preload:
         add(Diagnosis("ok", "settings", "pg_stat_statements is loaded"
@@ -84,6 +92,43 @@ def diagnose(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:
                       "a fixed search_path: " + ", ".join(f"{f.schema}.{f.name}"
                                                          for f in unpinned[:8])))
     return out
+
+
+def connection_findings(catalog: Catalog) -> list[Diagnosis]:
+    """What the role doctor connected as is, when another role is judged as the
+    application's: a superuser or owner is right for migrating, wrong for the application."""
+    me = catalog.role(catalog.current_user)
+    if me is None:
+        return []
+    owned = catalog.owned_by(me.name)
+    what = [w for w, on in (("a superuser", me.superuser), ("BYPASSRLS", me.bypassrls and not me.superuser),
+                            (f"the owner of {len(owned)} table(s)", bool(owned))) if on]
+    if not what:
+        return [Diagnosis("ok", "connection", f"connected as {me.name!r}: no superuser, no "
+                          "BYPASSRLS, owns no table")]
+    return [Diagnosis("warn", "connection",
+                      f"connected as {me.name!r}, {' and '.join(what)}: RLS does not apply to "
+                      "it; fine for running the migration, never for the application (or for "
+                      "anything that should see one tenant only)")]
+
+
+def log_findings(catalog: Catalog) -> list[Diagnosis]:
+    """``report --log`` reads the server's log files: they exist only with the logging
+    collector on (otherwise the log goes to wherever the server's stderr goes, if anywhere)."""
+    collector = catalog.settings.get("logging_collector")
+    if collector is None:
+        return []
+    destination = catalog.settings.get("log_destination", "stderr")
+    if collector != "on":
+        return [Diagnosis("warn", "logs",
+                          f"logging_collector = off (log_destination = {destination}): the "
+                          "server writes no log files of its own, so `report --log` has nothing "
+                          "to read unless its stderr is captured to a file; observe's samples "
+                          "and counters work without it. To enable: logging_collector = on "
+                          "(needs a restart)")]
+    directory = catalog.settings.get("log_directory", "log")
+    return [Diagnosis("ok", "logs", f"logging_collector = on: log files in {directory} "
+                      f"({destination}), readable by `report --log`")]
 
 
 def migration_role_findings(catalog: Catalog, app_role: str | None = None) -> list[Diagnosis]:

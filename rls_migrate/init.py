@@ -19,13 +19,15 @@ import os
 import re
 import tempfile
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
-from rls_migrate.catalog import Catalog
+from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.discover import Classification, Kind, TenantGraph
 from rls_migrate.errors import PlaybookError, UsageError
+from rls_migrate.linkcounts import LinkCount
 from rls_migrate.playbook import KEY_TYPES, TODO, Options, parse_playbook
 
 _WIDTH = 100
@@ -50,8 +52,12 @@ def build_playbook_yaml(
     dsn_env: str = "DATABASE_URL",
     column: str = "tenant_id",
     setting: str = "app.tenant_id",
+    link_counts: Mapping[QualifiedName, Sequence[LinkCount]] | None = None,
 ) -> str:
     """The commented playbook YAML for ``graph``.
+
+    ``link_counts`` (:func:`rls_migrate.linkcounts.count_links`) adds, to each table whose
+    links may leave rows without a tenant, how many rows that is.
 
     ``app_role`` is the role the application connects as; without it the only plausible
     login role is guessed, or ``app: TODO`` is written with the candidates in a comment.
@@ -63,7 +69,14 @@ def build_playbook_yaml(
             f"the tenant key {graph.root}({graph.key}) is {graph.key_type}; supported key "
             f"types: {', '.join(KEY_TYPES)}")
     out = _Writer()
-    _header(out, graph, catalog)
+    counted = link_counts or {}
+    # A derived table whose only link may be NULL, and is NULL in some rows today: those rows
+    # would get no tenant. Not discovery's call (it reads no data): a TODO with the counts.
+    empty_links = {q for q, c in graph.tables.items()
+                   if c.kind == "derived" and c.parent is not None and c.parent.nullable
+                   and any(n.hop == c.parent and (n.without or 0) > 0
+                           for n in counted.get(q, ()))}
+    _header(out, graph, catalog, len(empty_links))
     out.line("version: 1")
     out.comment("the environment variable that holds the DSN (a playbook never holds one)")
     out.line(f"dsn_env: {_scalar(dsn_env)}")
@@ -98,7 +111,8 @@ def build_playbook_yaml(
             kind = entry.kind
             out.comment(f"---- {_SECTIONS[kind]} ", 2, rule=True)
         _table(out, graph, catalog, entry, column, owned_by_app=str(qname) in owned,
-               app_role=app_role)
+               app_role=app_role, counts=counted.get(qname, ()),
+               undecided=qname in empty_links)
     text = out.text()
     try:
         parse_playbook(text, "<generated playbook>")
@@ -193,9 +207,9 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def _header(out: _Writer, graph: TenantGraph, catalog: Catalog) -> None:
+def _header(out: _Writer, graph: TenantGraph, catalog: Catalog, empty_links: int = 0) -> None:
     counts = graph.counts()
-    undecided = counts["ambiguous"] + counts["needs_hint"]
+    undecided = counts["ambiguous"] + counts["needs_hint"] + empty_links
     out.comment(f"rls-migrate playbook for database {catalog.database} (PostgreSQL "
                 f"{catalog.server_version}), written by `rls-migrate init`.")
     out.comment(f"Tenant root {graph.root}, key {graph.key} ({graph.key_type}). "
@@ -234,10 +248,26 @@ def _roles(out: _Writer, graph: TenantGraph, catalog: Catalog, app_role: str | N
                        "no login role is free of superuser, BYPASSRLS and table ownership"),
                     2)
         out.line(f"  app: {TODO}")
-    admins = [c for c in candidates if c != (app_role or guess)]
-    if admins:
-        out.comment("roles that keep seeing every row (admin tools, reports), e.g.:", 2)
-        out.comment(f"admin: [{', '.join(_scalar(a) for a in admins)}]", 2)
+    admins = plausible_admins(graph, catalog, app_role or guess)
+    out.comment("roles that keep seeing every row (admin tools, reports)"
+                + (", e.g. those with privileges on these tables:" if admins else
+                   ": no other login role has privileges on these tables yet; e.g.:"), 2)
+    out.comment(f"admin: [{', '.join(_scalar(a) for a in admins) or 'reporting_role'}]", 2)
+
+
+def plausible_admins(graph: TenantGraph, catalog: Catalog, app: str | None) -> list[str]:
+    """Login roles, other than the application's and the one init connected as, that have
+    been granted privileges on a tenant table (directly or through a role they are a
+    member of): the admin tools and reports that may need to keep seeing every row. A
+    cluster's unrelated roles (another database's application, monitoring) are left out."""
+    granted: set[str] = set()
+    for qname, entry in graph.tables.items():
+        if entry.is_tenant:
+            granted.update(catalog.tables[qname].grantees)
+    return sorted(
+        role.name for role in catalog.roles.values()
+        if role.login and not role.superuser and role.name not in (app, catalog.current_user)
+        and catalog.role_memberships(role.name) & granted)
 
 
 def _table(
@@ -249,6 +279,8 @@ def _table(
     *,
     owned_by_app: bool,
     app_role: str | None,
+    counts: Sequence[LinkCount] = (),
+    undecided: bool = False,
 ) -> None:
     table = catalog.tables[entry.table]
     kind = entry.kind
@@ -259,7 +291,9 @@ def _table(
     for number, alt in enumerate(entry.alternatives, start=1):
         via = ", then ".join(str(hop) for hop in alt[1:])
         why = "" if alt[0].evidence in entry.evidence else f" ({alt[0].evidence})"
-        details.append(f"option {number}: {alt[0]}{why}" + (f", then {via}" if via else ""))
+        details.append(f"option {number}, strategy {alt[0].strategy}: {alt[0]}{why}"
+                       + (f", then {via}" if via else ""))
+    details.extend(f"rows: {c.text()}" for c in counts)
     details.extend(entry.notes)
     if entry.partitions:
         names = [p.short for p in entry.partitions]
@@ -279,6 +313,16 @@ def _table(
         assert entry.column is not None
         out.line(f"    strategy: {kind}")
         out.line(f"    column: {_scalar(entry.column)}")
+    elif kind == "derived" and undecided:
+        assert entry.parent is not None
+        out.line(f"    strategy: {TODO}")
+        out.line("    options:")
+        out.line(f"      - {_quoted(str(entry.parent))}")
+        note = (f"its only link to the tenant is NULL in some rows "
+                f"({'; '.join(c.text() for c in counts)}): strategy derive with parent: "
+                f"<the option> (those rows get no tenant from it: nullable / orphans for the "
+                f"table), or add the tenant column in the application, or skip")
+        out.line(f"    note: {_quoted(note)}")
     elif kind == "derived":
         assert entry.parent is not None
         out.line("    strategy: derive")
@@ -291,10 +335,26 @@ def _table(
             out.line("    options:")
             for hop in entry.options:
                 out.line(f"      - {_quoted(str(hop))}")
-        out.line(f"    note: {_quoted(_todo_note(entry, graph))}")
+        note = _todo_note(entry, graph)
+        if counts:
+            note += " (" + "; ".join(c.text() for c in counts) + ")"
+        out.line(f"    note: {_quoted(note)}")
 
 
 def _todo_note(entry: Classification, graph: TenantGraph) -> str:
+    nullable_todo = entry.kind == "ambiguous" and bool(entry.nullable_links) and all(
+        h.nullable or h.reverse for h in entry.options)
+    if any(h.reverse for h in entry.options) or nullable_todo:
+        owned = ("strategy owned with owner: <an option written with '<-'> (the row that "
+                 "points at it gives the tenant, even when this row is written first)")
+        derive = ("strategy derive with parent: <an option written with '->'> (rows whose "
+                  "link is NULL get no tenant from it)")
+        if not any(h.reverse for h in entry.options):
+            return f"every link to the tenant may be NULL: {derive}, or add the tenant " \
+                   "column in the application, or skip"
+        if all(h.reverse for h in entry.options):
+            return f"owned one-to-one by the row that points at it: {owned}; or global/skip"
+        return f"two ways: {owned}; or {derive}"
     if entry.kind == "ambiguous":
         if all(h.ref_table == graph.root and h.ref_columns == (graph.key,)
                for h in entry.options):
@@ -331,8 +391,11 @@ def _one_line(text: str) -> str:
 
 
 def _quoted(text: str) -> str:
-    """A YAML double-quoted scalar (the emitter escapes what needs escaping)."""
-    dumped: str = yaml.safe_dump(text, default_style='"', allow_unicode=True, width=1 << 30)
+    """A YAML quoted scalar: single-quoted where it can be (a name's double quotes stay
+    as they are, easy to edit by hand: ``'id -> public."Organisation"(id)'``), double-quoted
+    with escapes when the text holds control characters."""
+    style = "'" if text.isprintable() else '"'
+    dumped: str = yaml.safe_dump(text, default_style=style, allow_unicode=True, width=1 << 30)
     return dumped.rstrip("\n").removesuffix("\n...").rstrip("\n")
 
 

@@ -60,7 +60,7 @@ def global_risks(ctx: PlanContext) -> list[str]:
                    f": ALTER VIEW {view.qname} SET (security_invoker = true)")
             risks.append(f"view {view.qname} over {', '.join(over)} bypasses RLS: {how}{fix}")
     for entry in ctx.tenant_tables:
-        for unique in entry.global_uniques:
+        for unique in ctx.global_uniques(entry):
             risks.append(
                 f"{entry.qname}: {unique} is global: an insert reveals that another tenant "
                 f"already has the value; consider tenant_unique: [[{unique.suggestion}]] "

@@ -19,6 +19,9 @@ Example::
     tables:
       public.users:    {strategy: direct, column: account_id}
       public.issues:   {strategy: derive, parent: "project_id -> public.projects(id)"}
+      public.audit_log: {strategy: derive, parent: "issue_id -> public.issues(id)",
+                         orphans: skip, nullable: true}
+      public."DocumentMeta": {strategy: owned, owner: 'id <- public."Envelope"("documentMetaId")'}
       public.countries: {strategy: global}
 """
 
@@ -114,6 +117,29 @@ class ParentRef(Strict):
         right = ", ".join(quote_ident(c) for c in self.ref_columns)
         return f"{left} -> {self.qname}({right})"
 
+    @classmethod
+    def parse_owner(cls, text: str) -> ParentRef:
+        """``id <- public."Envelope"("documentMetaId")``: this table's column(s), pointed at
+        by the owner's column(s). Returned as the link the sync trigger and the backfill
+        follow: ``columns`` on this table, ``table`` the owner, ``ref_columns`` the owner's."""
+        match = re.match(r"^\s*(.+?)\s*<-\s*(.+?)\s*\(\s*(.+?)\s*\)\s*$", text, re.DOTALL)
+        if not match:
+            raise ValueError(
+                f"expected 'column <- schema.owner_table(column)', e.g. "
+                f"'id <- public.\"Envelope\"(\"documentMetaId\")' (this table's id, pointed "
+                f"at by Envelope.documentMetaId), got {text!r}")
+        cols = tuple(_split_columns(match.group(1)))
+        refs = tuple(_split_columns(match.group(3)))
+        if len(cols) != len(refs):
+            raise ValueError(f"{len(cols)} column(s) on the left but {len(refs)} on the right")
+        QualifiedName.parse(match.group(2))
+        return cls(columns=cols, table=match.group(2), ref_columns=refs)
+
+    def owner_text(self) -> str:
+        left = ", ".join(quote_ident(c) for c in self.columns)
+        right = ", ".join(quote_ident(c) for c in self.ref_columns)
+        return f"{left} <- {self.qname}({right})"
+
 
 def _split_columns(text: str) -> list[str]:
     out = []
@@ -144,13 +170,23 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 class TablePlan(Strict):
     """What to do with one table."""
 
-    strategy: Literal["root", "direct", "derive", "hint", "global", "skip", "TODO"]
+    strategy: Literal["root", "direct", "derive", "hint", "owned", "global", "skip", "TODO"]
     column: str | None = Field(
         default=None, description="direct/root: the existing column that holds the tenant key"
     )
     parent: ParentRef | None = Field(
         default=None, description="derive/hint: the parent row that gives the tenant"
     )
+    owner: ParentRef | None = Field(
+        default=None,
+        description="owned: the row that owns this one points at it (a reverse one-to-one), "
+                    "'id <- public.\"Envelope\"(\"documentMetaId\")'")
+    orphans: Literal["stop", "skip"] | None = Field(
+        default=None, description="rows without a parent carrying a tenant: stop the "
+                                  "backfill, or skip them (default: options.backfill.orphans)")
+    nullable: bool | None = Field(
+        default=None, description="true: constrain keeps the tenant column nullable (rows "
+                                  "without a tenant: invisible to tenants, seen by admin roles)")
     options: tuple[str, ...] = Field(default=(), description="alternatives init found (TODO)")
     tenant_unique: tuple[tuple[str, ...], ...] = Field(
         default=(), description="unique constraints to make tenant-scoped (index stage)"
@@ -172,6 +208,13 @@ class TablePlan(Strict):
             return ParentRef.parse(value)
         return value
 
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _parse_owner(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return ParentRef.parse_owner(value)
+        return value
+
     @field_validator("tenant_unique", "extra_indexes", mode="before")
     @classmethod
     def _column_lists(cls, value: Any) -> Any:
@@ -187,8 +230,29 @@ class TablePlan(Strict):
         if self.strategy in ("direct", "root") and not self.column:
             raise ValueError(f"strategy {self.strategy} needs 'column' (the tenant key column)")
         if self.strategy not in ("derive", "hint") and self.parent is not None:
-            raise ValueError(f"'parent' only goes with strategy derive or hint, not {self.strategy}")
+            raise ValueError(f"'parent' only goes with strategy derive or hint, not {self.strategy}"
+                             + ("; an owned table names its 'owner'" if self.strategy == "owned"
+                                else ""))
+        if self.strategy == "owned" and self.owner is None:
+            raise ValueError("strategy owned needs 'owner: column <- owner_table(column)', e.g. "
+                             "'id <- public.\"Envelope\"(\"documentMetaId\")'")
+        if self.strategy != "owned" and self.owner is not None:
+            raise ValueError(f"'owner' only goes with strategy owned, not {self.strategy}")
+        if self.strategy not in ("derive", "hint", "owned", "direct") and (
+                self.orphans is not None or self.nullable is not None):
+            key = "orphans" if self.orphans is not None else "nullable"
+            raise ValueError(f"'{key}' only goes with strategy direct, derive, hint or owned, "
+                             f"not {self.strategy}")
+        if self.strategy == "direct" and self.orphans is not None:
+            raise ValueError("'orphans' only goes with strategy derive, hint or owned (a direct "
+                             "table carries its key: its NULL keys are kept with nullable: true)")
         return self
+
+    @property
+    def link(self) -> ParentRef | None:
+        """Where the row finds the row that gives its tenant: ``parent`` (derive, hint), or
+        ``owner`` (owned; ``columns`` are this table's, ``ref_columns`` the owner's)."""
+        return self.owner if self.strategy == "owned" else self.parent
 
 
 class Tenant(Strict):
@@ -268,6 +332,18 @@ class IndexOptions(Strict):
         description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "
                     "parent_id) -> parent (tenant, id): a child's tenant always equals its "
                     "parent's")
+    tenant_primary_keys: bool = Field(
+        default=False,
+        description="PRIMARY KEY (tenant, id) on every tenant table, with the foreign keys "
+                    "that reference it re-pointed to the composite key (what Citus needs): "
+                    "built concurrently, swapped in one short transaction")
+    sync_triggers: Literal["keep", "watch", "drop"] = Field(
+        default="keep",
+        description="add-column's sync triggers: keep; watch (count rows that arrive without "
+                    "the tenant); drop (once the watch proves the application writes it)")
+    sync_watch_min: DurationMs = Field(
+        default=3_600_000.0,
+        description="drop refuses before the watch has run this long")
 
 
 class Options(Strict):
@@ -336,6 +412,24 @@ class Playbook(Strict):
         if plan.strategy in ("direct", "root"):
             return plan.column
         return self.tenant.column
+
+    def orphans_for(self, qname: QualifiedName) -> str:
+        """``stop`` or ``skip``: the table's own ``orphans:``, else options.backfill.orphans."""
+        plan = self.plan_for(qname)
+        if plan is not None and plan.orphans is not None:
+            return plan.orphans
+        return self.options.backfill.orphans
+
+    def keeps_nullable(self, qname: QualifiedName) -> bool:
+        """Whether constrain leaves the tenant column of ``qname`` nullable: the table's
+        ``nullable:``; unset, a hint table whose orphans are skipped (no foreign key
+        guarantees it a parent) stays nullable, everything else gets NOT NULL."""
+        plan = self.plan_for(qname)
+        if plan is None:
+            return False
+        if plan.nullable is not None:
+            return plan.nullable
+        return plan.strategy == "hint" and self.orphans_for(qname) == "skip"
 
     @property
     def todos(self) -> list[str]:
@@ -546,18 +640,22 @@ def check_against_catalog(playbook: Playbook, catalog: Catalog, source: str = "p
             continue
         if plan.column and plan.strategy in ("direct", "root"):
             need_column(qname, plan.column, f"{where}.column")
-        if plan.parent is not None:
-            for col in plan.parent.columns:
-                need_column(qname, col, f"{where}.parent")
-            parent = need_table(plan.parent.table, f"{where}.parent")
+        link = plan.link
+        if link is not None:
+            key = "owner" if plan.strategy == "owned" else "parent"
+            for col in link.columns:
+                need_column(qname, col, f"{where}.{key}")
+            parent = need_table(link.table, f"{where}.{key}")
             if parent:
-                for col in plan.parent.ref_columns:
-                    need_column(parent, col, f"{where}.parent")
+                for col in link.ref_columns:
+                    need_column(parent, col, f"{where}.{key}")
                 parent_plan = playbook.plan_for(parent)
-                if parent_plan is None or parent_plan.strategy in ("global", "skip"):
+                if parent_plan is None or parent_plan.strategy in ("global", "skip", TODO):
                     problems.append(
-                        f"{where}.parent: {parent} is not tenant-scoped in this playbook "
-                        f"(give it strategy root, direct, derive or hint)")
+                        f"{where}.{key}: {parent} is not tenant-scoped in this playbook "
+                        f"(give it strategy root, direct, derive, hint or owned)")
+                elif parent == qname:
+                    problems.append(f"{where}.{key}: a table cannot take its tenant from itself")
     for role_field in ("app", "owner"):
         role = getattr(playbook.roles, role_field)
         if role and role not in catalog.roles:

@@ -424,4 +424,7 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
 
 __all__ = ["APPLICABLE", "ApplyResult", "StepFailed", "apply_stage", "rollback_to", "status"]
 
+from rls_migrate import preflight as _preflight  # noqa: E402
 from rls_migrate import report as _report  # noqa: E402, F401  (registers the enforce gate)
+
+_preflight.register_gates()  # backfill and constrain refuse up front on rows without a tenant

@@ -117,6 +117,9 @@ class BackfillSpec:
     # (lo, hi) (or (hi,) for the first batch) repeated that many times.
     range_uses: int = 1
     integer_key: bool = False
+    # The table's orphans policy (tables.X.orphans, else options.backfill.orphans); None:
+    # the options' (a spec built by hand).
+    orphans: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

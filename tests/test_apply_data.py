@@ -119,17 +119,43 @@ def test_stage_order_is_enforced(sample_db: str) -> None:
         apply_stage(sample_db, playbook, "backfill")
 
 
-def test_orphans_stop_the_backfill_with_counts_and_samples(sample_db: str) -> None:
+def test_orphans_stop_the_backfill_up_front_with_counts_and_samples(sample_db: str) -> None:
     playbook = sample_playbook(sample_db, orphans="stop")
     for stage in ("prepare", "add-column"):
         apply_stage(sample_db, playbook, stage)
-    with pytest.raises(StepFailed, match=r"audit_log: \d+ row\(s\) have no parent"):
+    with pytest.raises(GateClosed, match=r"audit_log: \d+ orphan row\(s\).*sample keys: "):
         apply_stage(sample_db, playbook, "backfill")
-    report = status(sample_db, playbook)
-    orphan = report["anomalies"][0]
+    # Refused before any batch: nothing filled, nothing checkpointed.
+    assert status(sample_db, playbook)["backfill"] == {}
+    with psycopg.connect(sample_db) as conn:
+        assert conn.execute("SELECT count(*) FROM issues WHERE tenant_id IS NOT NULL"
+                            ).fetchone() == (0,)
+
+
+def test_the_runner_still_stops_on_orphans_the_preflight_did_not_see(sample_db: str) -> None:
+    """Orphans that appear after the preflight (a parent deleted meanwhile) stop the
+    backfill of that table with counts and samples, and are recorded."""
+    from rls_migrate.executor import Executor
+    from rls_migrate.journal import Journal
+    from rls_migrate.planner import build_plan
+    from rls_migrate.stages.backfill import run_backfill
+
+    playbook = sample_playbook(sample_db, orphans="stop")
+    for stage in ("prepare", "add-column"):
+        apply_stage(sample_db, playbook, stage)
+    with psycopg.connect(sample_db, autocommit=True) as conn:
+        plan = build_plan(Catalog.load(conn), playbook, ["backfill"])
+        step = next(s for s in plan.steps if s.id == "backfill:public.audit_log")
+        for parent in ("backfill:public.issues",):
+            run_backfill(Executor(conn, playbook.options, Journal(conn)),
+                         next(s for s in plan.steps if s.id == parent))
+        with pytest.raises(StepFailed, match=r"audit_log: \d+ row\(s\) have no parent"):
+            run_backfill(Executor(conn, playbook.options, Journal(conn)), step)
+    orphan = status(sample_db, playbook)["anomalies"][0]
     assert orphan["kind"] == "orphan" and orphan["count"] >= 3 and len(orphan["sample"]) >= 3
 
 
+@pytest.mark.core_majors  # the CLI over the stages the in-process test runs on every major
 def test_cli_apply_status_rollback(sample_db: str, tmp_path: Path) -> None:
     import subprocess
     import sys

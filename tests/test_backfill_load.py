@@ -312,6 +312,7 @@ def run_stages_under_load(dsn: str, playbook: Playbook, *, settle_s: float) -> W
     return workload
 
 
+@pytest.mark.core_majors  # load
 def test_zero_downtime_under_load(db_at: Callable[[float], str]) -> None:
     dsn = db_at(0.2)
     # Small batches with a pause, so the backfill overlaps the workload for a while.

@@ -394,6 +394,7 @@ def chain_ddl(n: int) -> bytes:
     return "\n".join(lines).encode()
 
 
+@pytest.mark.core_majors  # scale
 def test_query_count_does_not_grow_with_table_count(
     empty_factory: servers.DatabaseFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,13 +113,23 @@ def test_doctor_on_the_sample_database(sample_dsn: str) -> None:
     assert result.returncode == 0, result.stderr
     assert f"ok    server     PostgreSQL {version}" in result.stdout
     # The connecting role is postgres: a warning when it only runs the migration.
-    assert re.search(r"^WARN  role\s+'postgres' is a superuser", result.stdout, re.M)
+    assert re.search(r"^WARN  role\s+'postgres' is a superuser and owns \d+ table\(s\): RLS "
+                     r"never applies to it\. The application must connect as a role without "
+                     r"SUPERUSER that owns no table \(fine for running the migration itself\)",
+                     result.stdout, re.M), result.stdout
     assert "BLOCK" not in result.stdout
+    # report --log reads the server's log files: doctor says whether there are any.
+    assert re.search(r"^(WARN  logs\s+logging_collector = off .*report --log|ok    logs\s+"
+                     r"logging_collector = on: log files in )", result.stdout, re.M)
 
     app = run("doctor", "--dsn", sample_dsn, "--app-role", samples.APP_ROLE)
     assert app.returncode == 0, app.stderr
     lines = app.stdout.splitlines()
     assert "ok    role       the application role 'app_user': LOGIN" in lines
+    # The role doctor connected as is judged too: right for migrating, never for the app.
+    assert any(re.match(r"WARN  connection connected as 'postgres', a superuser "
+                        r"and the owner of \d+ table\(s\): RLS does not apply", line)
+               for line in lines), app.stdout
     assert not any(f"'{samples.APP_ROLE}' is a superuser" in line for line in lines)
     assert not any("BYPASSRLS" in line for line in lines)
     assert "ok    settings   track_functions = pl" in lines
@@ -130,7 +140,8 @@ def test_doctor_on_the_sample_database(sample_dsn: str) -> None:
 def test_doctor_blocks_a_superuser_application_role(sample_dsn: str) -> None:
     result = run("doctor", "--dsn", sample_dsn, "--app-role", "postgres")
     assert result.returncode == 1
-    assert re.search(r"^BLOCK role\s+'postgres' is a superuser: RLS never applies",
+    assert re.search(r"^BLOCK role\s+'postgres' is a superuser and owns \d+ table\(s\): "
+                     r"RLS never applies",
                      result.stdout, re.M), result.stdout
     assert re.search(r"^BLOCK role\s+'postgres' has BYPASSRLS", result.stdout, re.M)
     assert result.stderr == ""

@@ -191,6 +191,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> An
 # --------------------------------------------------------------------------- the stage
 
 
+@pytest.mark.core_majors  # load; the other tests here run the steps on every major
 def test_stage_under_load_uses_indexes_and_rolls_back(
     scale1_db: str, pg_server: servers.PostgresServer
 ) -> None:

@@ -101,7 +101,7 @@ def test_sample_playbook_explains_each_decision(sample_yaml: str) -> None:
     assert "view public.open_issues reads tenant tables public.issues" in text
     assert "decide the 1 TODO entry" in text
     # A table name that needs quotes is a quoted YAML key.
-    assert '"public.\\"Project Notes\\"":' in sample_yaml
+    assert "'public.\"Project Notes\"':" in sample_yaml
 
 
 def test_sample_playbook_matches_the_database_once_the_todo_is_decided(
@@ -262,3 +262,29 @@ def test_written_playbook_loads(tmp_path: Path, sample_yaml: str) -> None:
 
     path = write_playbook(tmp_path / "app.yaml", sample_yaml)
     assert isinstance(load_playbook(path), Playbook)
+
+
+def test_admin_example_lists_roles_with_privileges_only(empty_db: str) -> None:
+    """The commented admin: example names login roles granted privileges on the tenant
+    tables (directly or through a group), not the cluster's unrelated roles."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        samples.ensure_roles(conn)
+        for role in ("rlsm_t_reporter", "rlsm_t_support", "rlsm_t_other_app"):
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rlsm_t_readers'"
+                            ).fetchone():
+            conn.execute("CREATE ROLE rlsm_t_readers NOLOGIN")
+        conn.execute("GRANT rlsm_t_readers TO rlsm_t_support")
+        conn.execute("CREATE TABLE accounts (id bigint PRIMARY KEY)")
+        conn.execute("CREATE TABLE invoices (id bigint PRIMARY KEY,"
+                     " account_id bigint NOT NULL REFERENCES accounts)")
+        conn.execute(f"GRANT SELECT, INSERT ON accounts, invoices TO {samples.APP_ROLE}")
+        conn.execute("GRANT SELECT ON invoices TO rlsm_t_reporter")
+        conn.execute("GRANT SELECT ON accounts TO rlsm_t_readers")
+        catalog = Catalog.load(conn)
+    graph = discover(catalog, "accounts")
+    text = build_playbook_yaml(graph, catalog, app_role=samples.APP_ROLE)
+    assert "  # admin: [rlsm_t_reporter, rlsm_t_support]" in text
+    assert "rlsm_t_other_app" not in text
+    assert catalog.table("public.invoices").grantees == (samples.APP_ROLE, "rlsm_t_reporter")

@@ -24,8 +24,9 @@ from rls_migrate.steps import Step
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC = Path(sys.executable).with_name("alembic")
 TABLES = {"runs", "journal", "step_state", "backfill_checkpoint", "backfill_batches",
-          "anomalies", "alembic_version", "violation_samples", "counter_snapshots"}
-HEAD = "0003"
+          "anomalies", "alembic_version", "violation_samples", "counter_snapshots",
+          "sync_conflicts"}
+HEAD = "0004"
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -138,6 +139,7 @@ def _alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.core_majors  # the alembic CLI; in-process journal tests run on every major
 def test_alembic_cli_upgrade_and_downgrade(empty_db: str) -> None:
     up = _alembic("-x", f"dsn={empty_db}", "upgrade", "head")
     assert up.returncode == 0, up.stderr

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import version_helpers
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -145,8 +146,8 @@ def wait_for_calls(dsn: str, ready: Callable[[dict[str, int]], bool],
 
 
 def flush_stats(conn: Conn) -> None:
-    """Ask the session to flush its statistics as soon as it is idle."""
-    conn.execute("SELECT pg_stat_force_next_flush()")
+    """Ask the session to flush its statistics soon (how depends on the major)."""
+    version_helpers.flush_stats(conn)
 
 
 def log_records(log_path: Path | None, where: Callable[[Violation], bool],

@@ -37,7 +37,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rls_migrate.context import current_tenant, tenant_transaction
-from rls_migrate.testing.servers import UNPRIVILEGED_USER, PostgresServer
+from rls_migrate.testing.servers import LOCAL_KINDS, UNPRIVILEGED_USER, PostgresServer
 
 TENANTS = (1, 2, 3, 4)
 ROWS_PER_TENANT = 3
@@ -178,7 +178,7 @@ def bouncer(pg_server: PostgresServer, empty_db: str) -> Iterator[Bouncer]:
     binary = _pgbouncer_binary()
     if binary is None:
         pytest.skip("pgbouncer is not installed (Debian: apt-get install -y pgbouncer)")
-    if pg_server.backend.kind not in ("embedded", "system"):
+    if pg_server.backend.kind not in LOCAL_KINDS:
         pytest.skip("the PgBouncer tests need a local trust-auth server")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute(SCHEMA)

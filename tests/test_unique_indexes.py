@@ -32,6 +32,13 @@ CREATE UNIQUE INDEX index_articles_on_account_id_and_id ON articles (account_id,
 CREATE TABLE "Document" (id text PRIMARY KEY, "accountId" bigint NOT NULL
                          REFERENCES accounts(id), "externalId" text);
 CREATE UNIQUE INDEX "Document_externalId_key" ON "Document" ("externalId");
+CREATE UNIQUE INDEX index_accounts_on_name ON accounts (name);
+CREATE TABLE teams (id bigserial PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts,
+                    url text NOT NULL);
+CREATE UNIQUE INDEX index_teams_on_url ON teams (url);
+CREATE TABLE tags (id bigserial PRIMARY KEY, team_id bigint NOT NULL REFERENCES teams,
+                   name text NOT NULL);
+CREATE UNIQUE INDEX index_tags_on_team_id_and_name ON tags (team_id, name);
 ALTER TABLE articles ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON articles USING (account_id = {CURRENT})
     WITH CHECK (account_id = {CURRENT});
@@ -49,6 +56,8 @@ tables:
   public.accounts: {{strategy: root, column: id}}
   public.articles: {{strategy: direct, column: account_id}}
   'public."Document"': {{strategy: direct, column: accountId}}
+  public.teams: {{strategy: direct, column: account_id}}
+  public.tags: {{strategy: derive, parent: team_id -> public.teams(id)}}
 """
 
 
@@ -87,6 +96,12 @@ def test_plan_and_verify_report_them(empty_db: str, catalog: Catalog) -> None:
                             '("externalId") is global') and 'tenant_unique: [["externalId"]]' in r
                for r in risks), risks
     assert not any("index_articles_on_account_id_and_id" in r for r in risks)
+    # Unique within a tenant-scoped parent (a team): within the tenant too, not a risk; nor
+    # is the root's own (a tenant's name is global by design). A team's URL is.
+    assert not any("index_tags_on_team_id_and_name" in r or "index_accounts_on_name" in r
+                   for r in risks), risks
+    assert any(r.startswith("public.teams: index_teams_on_url unique index (url)")
+               for r in risks), risks
 
     # As tenant 2, under RLS, another tenant's slug collides: the unique index reveals it.
     with psycopg.connect(empty_db) as conn:
@@ -115,3 +130,55 @@ def test_constraint_backed_index_is_reported_once(empty_db: str) -> None:
         table = Catalog.load(conn).table("public.t")
     uniques: list[Any] = global_uniques(table, "tenant_id")
     assert [(u.name, u.what) for u in uniques] == [("t_email_key", "constraint")]
+
+
+def test_tenant_unique_on_unique_indexes_and_rollback(empty_db: str, catalog: Catalog) -> None:
+    """tenant_unique by columns (a plain unique index) and by name (a partial expression
+    index, a quoted one): the index stage builds them tenant-led, keeping the predicate and
+    the expression, drops the global ones; tenant 2 can then use tenant 1's slug; a rollback
+    builds the global ones again exactly."""
+    from rls_migrate.runner import apply_stage, rollback_to
+
+    text = PLAYBOOK.replace(
+        "public.articles: {strategy: direct, column: account_id}",
+        "public.articles: {strategy: direct, column: account_id, tenant_unique: "
+        "[[slug], [index_articles_on_lower_title]]}").replace(
+        "{strategy: direct, column: accountId}",
+        "{strategy: direct, column: accountId, tenant_unique: ['\"Document_externalId_key\"']}")
+    playbook = parse_playbook(text)
+
+    def definitions() -> dict[str, str]:
+        with psycopg.connect(empty_db) as conn:
+            rows = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname ="
+                                " 'public' AND indexdef LIKE 'CREATE UNIQUE%'").fetchall()
+        return dict(rows)
+
+    before = definitions()
+    for stage in ("prepare", "add-column", "backfill", "constrain", "index"):
+        result = apply_stage(empty_db, playbook, stage).result
+        assert result.failed == 0, (stage, result)
+    after = definitions()
+    assert "index_articles_on_slug" not in after
+    assert "index_articles_on_lower_title" not in after
+    assert "Document_externalId_key" not in after
+    assert after["index_articles_on_lower_title_rlsm_tenant"] == (
+        "CREATE UNIQUE INDEX index_articles_on_lower_title_rlsm_tenant ON public.articles "
+        "USING btree (account_id, lower(title)) WHERE (deleted_at IS NULL)")
+    assert "(account_id, slug)" in after["index_articles_on_slug_rlsm_tenant"]
+    assert '("accountId", "externalId")' in after["Document_externalId_key_rlsm_tenant"]
+
+    with psycopg.connect(empty_db) as conn:
+        assert not [u for u in global_uniques(Catalog.load(conn).table("public.articles"),
+                                              "account_id")]
+        conn.execute(f"SET ROLE {APP}")
+        conn.execute("SELECT set_config('app.tenant_id', '2', false)")
+        conn.execute("INSERT INTO articles (account_id, slug, title)"
+                     " VALUES (2, 'welcome', 'Welcome')")  # tenant 1's slug: no collision
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO articles (account_id, slug, title)"
+                         " VALUES (2, 'welcome', 'Other')")
+        conn.rollback()
+
+    rollback_to(empty_db, playbook, "constrain")
+    assert definitions() == before
+

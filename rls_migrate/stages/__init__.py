@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rls_migrate.stages import add_column, backfill, constrain, enforce, index, observe, prepare
+from rls_migrate.stages import (
+    add_column,
+    backfill,
+    constrain,
+    enforce,
+    index,
+    observe,
+    prepare,
+    tenant_keys,
+)
 from rls_migrate.stages.common import PlanContext
 from rls_migrate.steps import StagePlan
 
@@ -13,7 +22,7 @@ PLANNERS: dict[str, Callable[[PlanContext], StagePlan]] = {
     "add-column": add_column.plan,
     "backfill": backfill.plan,
     "constrain": constrain.plan,
-    "index": index.plan,
+    "index": tenant_keys.extend(index.plan),  # + tenant-leading primary keys, when asked
     "observe": observe.plan,
     "enforce": enforce.plan,
 }

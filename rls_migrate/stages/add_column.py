@@ -18,40 +18,21 @@ from rls_migrate.stages.common import (
     constraint_exists_check,
     function_name,
     object_name,
-    parent_match,
     trigger_exists_check,
 )
+from rls_migrate.stages.sync_trigger import (
+    create_function,
+    function_current_check,
+    owner_function_body,
+    owner_trigger_name,
+    sync_function_body,
+    sync_trigger_name,
+)
 from rls_migrate.steps import Estimate, Lock, StagePlan, Step
-
-SYNC_TRIGGER_PREFIX = "rls_migrate_sync_"
-
-
-def sync_trigger_name(entry: TenantTable) -> str:
-    return object_name(SYNC_TRIGGER_PREFIX, entry.qname)
 
 
 def tenant_fk_name(entry: TenantTable) -> str:
     return object_name("", entry.qname, f"_{entry.column}_rlsm_fkey")
-
-
-def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
-    """PL/pgSQL: fill the tenant column from the parent row on INSERT (when empty) and when
-    the row moves to another parent."""
-    assert entry.parent is not None and entry.parent_column is not None
-    col = sql.Identifier(entry.column)
-    new_fk = sql.SQL(", ").join(compose("NEW.{}", sql.Identifier(c))
-                                for c in entry.parent.columns)
-    old_fk = sql.SQL(", ").join(compose("OLD.{}", sql.Identifier(c))
-                                for c in entry.parent.columns)
-    match = parent_match(entry, "NEW")
-    return compose("BEGIN\n"
-        "  IF TG_OP = 'INSERT' AND NEW.{col} IS NOT NULL THEN RETURN NEW; END IF;\n"
-        "  IF TG_OP = 'UPDATE' AND ROW({new_fk}) IS NOT DISTINCT FROM ROW({old_fk})\n"
-        "     AND NEW.{col} IS NOT NULL THEN RETURN NEW; END IF;\n"
-        "  SELECT p.{pcol} INTO NEW.{col} FROM {parent} AS p WHERE {match};\n"
-        "  RETURN NEW;\n"
-        "END", col=col, new_fk=new_fk, old_fk=old_fk, pcol=sql.Identifier(entry.parent_column),
-             parent=entry.parent.qname.ident, match=match)
 
 
 def plan(ctx: PlanContext) -> StagePlan:
@@ -69,10 +50,10 @@ def plan(ctx: PlanContext) -> StagePlan:
             stage="add-column",
             kind="add_column",
             table=entry.qname,
-            description=f"add {entry.column} {ctx.key_column_type()} (nullable, no default: "
+            description=f"add {entry.column} {ctx.tenant_type(entry)} (nullable, no default: "
                         "a catalog-only change, no rewrite)",
             statements=(compose("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                ident, col, sql.SQL(ctx.key_column_type())),),
+                ident, col, sql.SQL(ctx.tenant_type(entry))),),
             lock=Lock.ACCESS_EXCLUSIVE,
             done_check=column_exists_check(entry.qname, entry.column),
             inverse=(compose("ALTER TABLE {} DROP COLUMN IF EXISTS {}", ident, col),),
@@ -82,34 +63,9 @@ def plan(ctx: PlanContext) -> StagePlan:
             why="derived tables need their own tenant column so a policy can filter them "
                 "without a join",
         ))
-        fn = function_name("sync", entry.qname)
-        body = sync_function_body(ctx, entry)
-        trigger = sync_trigger_name(entry)
-        fk_cols = columns_sql(entry.parent.columns)
-        steps.append(Step(
-            id=f"sync_trigger:{entry.qname}",
-            stage="add-column",
-            kind="sync_trigger",
-            table=entry.qname,
-            description=f"trigger {trigger}: new and re-parented rows take {entry.column} from "
-                        f"{entry.parent.qname}",
-            statements=(
-                compose("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
-                    " SET search_path = pg_catalog, pg_temp AS {body}", fn=fn, body=sql.Literal(body.as_string(None))),
-                compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
-                compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
-                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger), fk_cols, ident, fn),
-            ),
-            lock=Lock.SHARE_ROW_EXCLUSIVE,
-            done_check=trigger_exists_check(entry.qname, trigger),
-            inverse=(
-                compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
-                compose("DROP FUNCTION IF EXISTS {}()", fn),
-            ),
-            inverse_lock=Lock.ACCESS_EXCLUSIVE,
-            why="without it the backfill never converges: rows written after a batch passed "
-                "would stay empty",
-        ))
+        steps.append(_sync_step(ctx, entry))
+        if entry.owned:
+            steps.append(_owner_step(ctx, entry))
         root = ctx.root
         if table.is_partitioned and ctx.catalog.major < 18:
             notes.append(f"{entry.qname}: PostgreSQL {ctx.catalog.major} cannot add a NOT VALID "
@@ -122,10 +78,15 @@ def plan(ctx: PlanContext) -> StagePlan:
             stage="add-column",
             kind="add_foreign_key",
             table=entry.qname,
-            description=f"foreign key {entry.column} -> {root}, NOT VALID (validated by "
-                        "constrain without blocking writes)",
-            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID", ident, sql.Identifier(fk), col, root.ident,
-                     sql.Identifier(ctx.playbook.tenant.key)),),
+            description=f"foreign key {entry.column} -> {root}, checked at commit, NOT VALID "
+                        "(validated by constrain without blocking writes)",
+            # DEFERRABLE INITIALLY DEFERRED: an application that writes a tenant's rows
+            # before the tenant row itself in one transaction (Prisma's nested create of an
+            # organisation and its settings) commits as it did before the migration.
+            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}"
+                                " ({}) DEFERRABLE INITIALLY DEFERRED NOT VALID", ident,
+                                sql.Identifier(fk), col, root.ident,
+                                sql.Identifier(ctx.playbook.tenant.key)),),
             lock=Lock.SHARE_ROW_EXCLUSIVE,
             done_check=constraint_exists_check(entry.qname, fk),
             inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
@@ -138,6 +99,77 @@ def plan(ctx: PlanContext) -> StagePlan:
     else:
         notes.append(PREPARED_SELECT_STAR)
     return StagePlan("add-column", tuple(steps), tuple(notes))
+
+
+def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
+    assert entry.parent is not None
+    ident = entry.ident
+    fn = function_name("sync", entry.qname)
+    body = sync_function_body(ctx, entry)
+    trigger = sync_trigger_name(entry)
+    source = (f"the row of {entry.parent.qname} that points at it, else the writer's tenant"
+              if entry.owned else f"{entry.parent.qname}")
+    return Step(
+        id=f"sync_trigger:{entry.qname}",
+        stage="add-column",
+        kind="sync_trigger",
+        table=entry.qname,
+        description=f"trigger {trigger}: new and re-parented rows take {entry.column} from "
+                    f"{source}; a link set to NULL keeps it",
+        statements=(
+            create_function(fn, body),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
+            compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
+                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger),
+                    columns_sql(entry.parent.columns), ident, fn),
+        ),
+        lock=Lock.SHARE_ROW_EXCLUSIVE,
+        done_check=compose("SELECT ({}) AND ({})", trigger_exists_check(entry.qname, trigger),
+                           function_current_check(fn, body)),
+        inverse=(
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
+            compose("DROP FUNCTION IF EXISTS {}()", fn),
+        ),
+        inverse_lock=Lock.ACCESS_EXCLUSIVE,
+        why="without it the backfill never converges: rows written after a batch passed "
+            "would stay empty",
+    )
+
+
+def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
+    """The AFTER trigger on the owner of a reverse one-to-one table."""
+    assert entry.parent is not None
+    owner = entry.parent.qname
+    fn = function_name("owns", entry.qname)
+    body = owner_function_body(ctx, entry)
+    trigger = owner_trigger_name(entry)
+    owner_tenant = ctx.playbook.tenant_column(owner) or ctx.playbook.tenant.column
+    watched = tuple(dict.fromkeys((*entry.parent.ref_columns, owner_tenant)))
+    return Step(
+        id=f"owner_trigger:{entry.qname}",
+        stage="add-column",
+        kind="sync_trigger",
+        table=owner,
+        description=f"trigger {trigger} on {owner}: a row written or re-pointed there gives "
+                    f"its tenant to the {entry.qname} row it points at",
+        statements=(
+            create_function(fn, body),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), owner.ident),
+            compose("CREATE TRIGGER {} AFTER INSERT OR UPDATE OF {} ON {}"
+                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger),
+                    columns_sql(watched), owner.ident, fn),
+        ),
+        lock=Lock.SHARE_ROW_EXCLUSIVE,
+        done_check=compose("SELECT ({}) AND ({})", trigger_exists_check(owner, trigger),
+                           function_current_check(fn, body)),
+        inverse=(
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), owner.ident),
+            compose("DROP FUNCTION IF EXISTS {}()", fn),
+        ),
+        inverse_lock=Lock.ACCESS_EXCLUSIVE,
+        why=f"{entry.qname} rows are often written before the row that owns them: they get "
+            "their owner's tenant when it arrives",
+    )
 
 
 PREPARED_SELECT_STAR = (

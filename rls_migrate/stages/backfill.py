@@ -34,7 +34,7 @@ from rls_migrate.sqlcompose import compose, for_params
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
-    parent_match,
+    comparable,
     regclass_text,
     rows_estimate,
     triggers_firing_on_update,
@@ -83,9 +83,12 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     t = entry.ident
     col = sql.Identifier(entry.column)
     parent = entry.parent.qname.ident
-    match = parent_match(entry, "c")
-    fill = compose("UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p WHERE {match}",
-        t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent, match=match)
+    match = ctx.parent_match(entry, "c")
+    # The parent's tenant as this table's column type (an integer root under bigint
+    # parents, a text key): cast where the two differ.
+    ptenant = ctx.parent_tenant_sql(entry)
+    fill = compose("UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p WHERE {match}",
+                   t=t, col=col, ptenant=ptenant, parent=parent, match=match)
     # A row whose parent is gone, or whose parent has no tenant either, cannot get one.
     no_parent = compose(
         "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)",
@@ -107,7 +110,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
 
         def fill_range(first: bool) -> sql.Composed:
             # The gathering form reads the key range once more, to collect the parents.
-            head = (_gathering_fill(entry, t, col, parent, match,
+            head = (_gathering_fill(ctx, entry, t, col, parent, match,
                                     _key_range(keys, types, "k", first=first))
                     if gather else fill)
             return compose("{} AND {} AND c.{} IS NULL",
@@ -169,21 +172,22 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         " count(*) FILTER (WHERE c.{col} IS NULL),"
         " (array_agg({key}) FILTER (WHERE c.{col} IS NULL))[1:{n}]"
         " FROM {t} AS c JOIN {parent} AS p ON {match}"
-        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM p.{pcol}",
+        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}",
         key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, parent=parent, match=match, col=col,
-        pcol=sql.Identifier(entry.parent_column))
+        pcol=sql.Identifier(entry.parent_column), ptenant=ptenant)
     return BackfillSpec(
         table=entry.qname, key_columns=tuple(keys), uses_ctid=uses_ctid, column=entry.column,
         parent=entry.parent.qname, batch_sql=batch, first_batch_sql=first, next_key_sql=ahead,
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
         single_statement_sql=compose("{} AND c.{} IS NULL", fill, col),
         orphans_sql=orphans, conflicts_sql=conflicts,
-        batch_settings=settings, range_uses=range_uses, integer_key=integer_key)
+        batch_settings=settings, range_uses=range_uses, integer_key=integer_key,
+        orphans=ctx.playbook.orphans_for(entry.qname))
 
 
 def _gathering_fill(
-    entry: TenantTable, t: sql.Composable, col: sql.Identifier, parent: sql.Composable,
-    match: sql.Composable, k_range: sql.Composable,
+    ctx: PlanContext, entry: TenantTable, t: sql.Composable, col: sql.Identifier,
+    parent: sql.Composable, match: sql.Composable, k_range: sql.Composable,
 ) -> sql.Composed:
     """The head of a batch that gathers its parents first: the parent keys of the batch's
     rows (``k_range``) into an array (an InitPlan), the parents fetched with one index scan
@@ -193,13 +197,16 @@ def _gathering_fill(
     The batch then takes the key range twice: ``(lo, hi)`` for the gathering, again for the
     update."""
     assert entry.parent is not None and entry.parent_column is not None
+    mine, theirs = ctx.link_types(entry)[0]
+    fk: sql.Composable = compose("k.{}", sql.Identifier(entry.parent.columns[0]))
+    if not comparable(mine, theirs) and theirs is not None:
+        fk = compose("({})::{}", fk, sql.SQL(theirs))
     return compose(
-        "UPDATE {t} AS c SET {col} = p.{pcol} FROM {parent} AS p"
-        " WHERE p.{ref} = ANY (ARRAY(SELECT k.{fk} FROM {t} AS k WHERE {k_range}))"
+        "UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p"
+        " WHERE p.{ref} = ANY (ARRAY(SELECT {fk} FROM {t} AS k WHERE {k_range}))"
         " AND {match}",
-        t=t, col=col, pcol=sql.Identifier(entry.parent_column), parent=parent,
-        ref=sql.Identifier(entry.parent.ref_columns[0]),
-        fk=sql.Identifier(entry.parent.columns[0]), k_range=k_range, match=match)
+        t=t, col=col, ptenant=ctx.parent_tenant_sql(entry), parent=parent,
+        ref=sql.Identifier(entry.parent.ref_columns[0]), fk=fk, k_range=k_range, match=match)
 
 
 HASH_GATHERED = (("enable_nestloop", "off"), ("enable_mergejoin", "off"))
@@ -240,6 +247,16 @@ def _parent_indexed(ctx: PlanContext, entry: TenantTable) -> bool:
         and set(index.columns[:len(wanted)]) == wanted for index in parent.indexes)
 
 
+def _owner_link_unique(ctx: PlanContext, entry: TenantTable) -> bool:
+    """Whether a valid unique index (or constraint) covers exactly the owner's link columns."""
+    assert entry.parent is not None
+    owner = ctx.catalog.tables.get(entry.parent.qname)
+    wanted = set(entry.parent.ref_columns)
+    return owner is not None and any(
+        index.is_unique and index.is_valid and index.predicate is None
+        and set(index.columns) == wanted for index in owner.indexes)
+
+
 def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     notes: list[str] = []
@@ -264,6 +281,14 @@ def plan(ctx: PlanContext) -> StagePlan:
         if entry.strategy == "hint":
             risks.append("no foreign key backs the parent link (hint): rows whose parent is "
                          "gone cannot get a tenant (orphans)")
+        if entry.owned and entry.parent is not None:
+            risks.append(f"owned (reverse one-to-one): a row no {entry.parent.qname} row points "
+                         "at has no tenant to take (an orphan)")
+            if not _owner_link_unique(ctx, entry):
+                risks.append(
+                    f"nothing makes {entry.parent.qname}({', '.join(entry.parent.ref_columns)}) "
+                    "unique: two owners may point at one row, with different tenants (the "
+                    "backfill reports them as conflicts); a one-to-one needs a unique index")
         est = rows_estimate(entry.table)
         wal = entry.table.size_bytes
         if wal:
@@ -280,7 +305,7 @@ def plan(ctx: PlanContext) -> StagePlan:
             lock=Lock.ROW_EXCLUSIVE,
             done_check=compose("SELECT NOT EXISTS ({})", compose(
                 "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
-                    entry.ident, sql.Identifier(entry.column))),
+                entry.ident, sql.Identifier(entry.column))),
             estimate=est,
             risks=tuple(risks),
             why="each batch is its own short transaction: row locks last milliseconds",
@@ -518,13 +543,13 @@ def run_backfill(
             f"{sweeps + 1} pass(es) (sample keys: {', '.join(result.unfilled_sample)}). "
             "Rows keep being written without the key: check that the sync trigger of "
             "add-column is enabled, then run the stage again")
-    if result.orphans and opts.orphans == "stop":
+    if result.orphans and (spec.orphans or opts.orphans) == "stop":
         raise StepFailed(
             f"backfill of {spec.table}: {result.orphans} row(s) have no parent in {spec.parent} "
             f"carrying a tenant, so no tenant (sample keys: {', '.join(result.orphan_sample)}). "
-            "Fix or delete them, or set options.backfill.orphans: skip to leave them empty "
-            "(they become invisible to every tenant once policies are enforced, and "
-            "constrain skips NOT NULL)")
+            f"Fix or delete them, or set `orphans: skip` and `nullable: true` on "
+            f"tables.{spec.table} to leave them empty (invisible to every tenant once policies "
+            "are enforced, visible to admin roles; constrain keeps the column nullable)")
     return result
 
 

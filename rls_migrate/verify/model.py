@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from rls_migrate.catalog import Catalog, QualifiedName, Table
@@ -61,6 +61,9 @@ class VerifyContext:
 
     catalog: Catalog
     playbook: Playbook
+    # Rows whose tenant column is NULL, per tenant table with a nullable tenant column
+    # (counted by verify on its connection; None: not counted).
+    rows_without_tenant: Mapping[QualifiedName, int] | None = None
 
     @functools.cached_property
     def plan(self) -> PlanContext:

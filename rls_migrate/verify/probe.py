@@ -80,7 +80,8 @@ VIEW = _rule("probe-view-no-context", None, "a view over tenant tables returns r
              "tenant context",
              "Problem: as the application role with no context, a view over tenant tables "
              "returns rows: it reads its tables with its owner's rights.\n\nSolution: "
-             "ALTER VIEW v SET (security_invoker = true); see view-bypasses-rls.")
+             "ALTER VIEW v SET (security_invoker = true) (PostgreSQL 15+; before 15, give "
+             "the view an owner that RLS applies to); see view-bypasses-rls.")
 SETUP = _rule("probe-setup", None, "the probe could not run",
               "Problem: the probe could not act as the application role (the verifier "
               "cannot SET ROLE to it), or could not pick two tenants for a table because the "

@@ -16,11 +16,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from rls_migrate.catalog import Catalog
+from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import UsageError
 from rls_migrate.playbook import Playbook, check_against_catalog
+from rls_migrate.stages.common import PlanContext
 from rls_migrate.verify.model import Finding, Rule, VerifyContext
 from rls_migrate.verify.probe import PROBE_RULES, ProbeSettings, ProbeTarget, probe_all
 from rls_migrate.verify.rules import RULES
@@ -111,7 +113,8 @@ def verify(
     with connect(dsn, application_name="rls-migrate verify") as conn:
         catalog = Catalog.load(conn, schemas=playbook.schemas)
         check_against_catalog(playbook, catalog, source)
-        ctx = VerifyContext(catalog, playbook)
+        ctx = VerifyContext(catalog, playbook,
+                            rows_without_tenant(conn, PlanContext(catalog, playbook)))
         findings = structural_findings(ctx)
         probe_role = None
         if probe:
@@ -122,6 +125,21 @@ def verify(
     return VerifyReport(catalog.database, catalog.server_version,
                         tuple(str(e.qname) for e in ctx.entries), tuple(findings), probe_role,
                         pair)
+
+
+def rows_without_tenant(conn: psycopg.Connection[Any], ctx: PlanContext
+                        ) -> dict[QualifiedName, int]:
+    """``count(*)`` of the rows whose tenant column is NULL, for every tenant table whose
+    tenant column is nullable (a NOT NULL column has none: not scanned)."""
+    out: dict[QualifiedName, int] = {}
+    for entry in ctx.tenant_tables:
+        column = entry.table.column(entry.column)
+        if column is None or column.not_null:
+            continue
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+            entry.ident, sql.Identifier(entry.column))).fetchone()
+        out[entry.qname] = int(row[0]) if row else 0
+    return out
 
 
 def _pair(tenants: Sequence[str] | None) -> tuple[str, str] | None:

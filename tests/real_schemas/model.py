@@ -8,7 +8,7 @@ Not a test module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ class RealSchema:
 
     ``write_path(conn, tenant)`` runs what the application does in one request, statement by
     statement in its ORM's order, inside a transaction that already acts as the application
-    role with ``tenant`` set; it returns by how many rows it changed the tables whose change
-    does not depend on the data (table -> rows added, net of what it deleted).
+    role with ``tenant`` set; it returns by how many rows it changed the tenant's tables whose
+    change does not depend on the data (table -> rows added, net of what it deleted).
+    ``sign_up_rows``: the rows it also makes for a new tenant (a sign-up), which the tenant
+    does not see once RLS is enforced.
     ``history`` runs once after the filler: what the application did before the migration
     (deletions whose ``ON DELETE SET NULL`` or missing foreign keys leave NULL links and
     orphans). ``new_table`` is the first table the team adds after the migration, the way the
@@ -44,6 +46,7 @@ class RealSchema:
     root: str  # the tenant root, as the playbook names it (schema-qualified)
     write_path: Callable[[Conn, Any], dict[str, int]]
     history: Callable[[Conn], None] | None = None
+    sign_up_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
     new_table: Sequence[str] = ()  # DDL of a table the team adds next month, holding tenant data
     global_uniques: Sequence[tuple[str, str]] = ()  # (table, column): unique across tenants
 
@@ -96,3 +99,44 @@ def one(conn: Conn, query: str, params: Sequence[Any] = ()) -> Any:
     row = conn.execute(query.encode(), list(params)).fetchone()
     assert row is not None, query
     return row[0]
+
+
+def row_counts(conn: Conn) -> dict[str, int]:
+    """Rows per table of ``public``, as the connection's role sees them."""
+    tables = [r[0] for r in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relkind IN ('r', 'p') AND NOT relispartition").fetchall()]
+    counts = {}
+    for table in tables:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier("public", table))).fetchone()
+        assert row is not None
+        counts[table] = int(row[0])
+    return counts
+
+
+def write(conn: Conn, schema: RealSchema, tenant: Any, *, enforced: bool) -> None:
+    """The write path, committed, as the application with ``tenant`` set; the rows it wrote
+    are all there for the application to see: its tenant's (all of them, even a row whose
+    parent it deleted), and the sign-up's too while RLS does not filter."""
+    def counts() -> dict[str, int]:
+        if enforced:  # what the tenant sees
+            return row_counts(conn)
+        # Observe records the app's reads of other tenants' rows: count as the owner.
+        conn.execute("RESET ROLE")
+        try:
+            return row_counts(conn)
+        finally:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(APP_ROLE)))
+
+    with as_app(conn, tenant):
+        before = counts()
+        written = dict(schema.write_path(conn, tenant))
+        after = counts()
+    expected = dict(written)
+    if not enforced:
+        for table, rows in schema.sign_up_rows.items():
+            expected[table] = expected.get(table, 0) + rows
+    seen = {t: after[t] - before[t] for t in expected}
+    assert seen == expected, f"{schema.name}, tenant {tenant}: rows written {seen}, expected " \
+                             f"{expected}"

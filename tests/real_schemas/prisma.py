@@ -270,9 +270,12 @@ def write_path(conn: Conn, organisation: Any) -> dict[str, int]:
         conn.execute('DELETE FROM "public"."Envelope" WHERE "public"."Envelope"."id" = %s',
                      [other[0]])
     _sign_up(conn)
-    return {"DocumentMeta": 1, "DocumentData": 1, "Tag": 1, "DocumentAuditLog": 3,
-            "Organisation": 1, "OrganisationClaim": 1, "OrganisationGlobalSettings": 1,
-            "OrganisationMember": 1, "TeamGlobalSettings": 1, "Team": 1}
+    # The deleted envelope's audit rows stay the organisation's: all three are its own.
+    return {"DocumentMeta": 1, "DocumentData": 1, "Tag": 1, "DocumentAuditLog": 3}
+
+
+SIGN_UP_ROWS = {"Organisation": 1, "OrganisationClaim": 1, "OrganisationGlobalSettings": 1,
+                "OrganisationMember": 1, "TeamGlobalSettings": 1, "Team": 1}
 
 
 def _audit(conn: Conn, envelope: str, kind: str) -> None:
@@ -315,5 +318,6 @@ NEW_TABLE = (
 )
 
 SCHEMA = RealSchema(name="prisma", ddl=DDL, fill=FILL, root='public."Organisation"',
-                    write_path=write_path, history=history, new_table=NEW_TABLE,
+                    write_path=write_path, history=history, sign_up_rows=SIGN_UP_ROWS,
+                    new_table=NEW_TABLE,
                     global_uniques=(('public."Team"', "url"),))

@@ -25,6 +25,7 @@ by ``dependent: :destroy``, the conversations' ``team_id`` by ``ON DELETE SET NU
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from real_schemas.filler import FillSpec
@@ -235,15 +236,20 @@ def history(conn: Conn) -> None:
                  " ORDER BY id LIMIT 3)")
 
 
+_visitors = itertools.count(1)
+
+
 def write_path(conn: Conn, account: Any) -> dict[str, int]:
     """An incoming email, as Chatwoot's ActiveRecord callbacks write it, then a team
     created and destroyed. ``conn`` acts as the app with ``account`` set."""
     now = "2026-12-03 10:00:00"
-    inbox = one(conn, "SELECT id FROM inboxes ORDER BY id LIMIT 1")
-    user = one(conn, 'SELECT "users".id FROM "users" ORDER BY id LIMIT 1')
+    # Current.account.inboxes.first: ActiveRecord scopes every read by the account.
+    inbox = one(conn, 'SELECT "inboxes"."id" FROM "inboxes" WHERE "inboxes"."account_id" = %s'
+                ' ORDER BY "inboxes"."id" ASC LIMIT %s', [account, 1])
+    user = one(conn, 'SELECT "users"."id" FROM "users" ORDER BY "users"."id" ASC LIMIT %s', [1])
     contact = one(conn, 'INSERT INTO "contacts" ("name", "email", "account_id", "created_at",'
                   ' "updated_at") VALUES (%s, %s, %s, %s, %s) RETURNING "id"',
-                  ["Ada", f"ada-{account}@example.com", account, now, now])
+                  ["Ada", f"ada-{next(_visitors)}@example.com", account, now, now])
     display = one(conn, "SELECT coalesce(max(display_id), 0) + 1 FROM conversations"
                   " WHERE account_id = %s", [account])
     conversation = one(
@@ -285,7 +291,13 @@ def write_path(conn: Conn, account: Any) -> dict[str, int]:
                  ' "conversation_id", "created_at", "updated_at") VALUES'
                  ' (\'first_response\', 1.5, %s, %s, %s, %s, %s)',
                  [account, inbox, conversation, now, now])
-    portal = one(conn, 'SELECT id FROM "portals" ORDER BY id LIMIT 1')
+    # Current.account.portals.first_or_create!
+    found = conn.execute('SELECT "portals"."id" FROM "portals" WHERE "portals"."account_id" ='
+                         ' %s ORDER BY "portals"."id" ASC LIMIT %s', [account, 1]).fetchone()
+    portal = found[0] if found else one(
+        conn, 'INSERT INTO "portals" ("account_id", "name", "slug", "created_at", "updated_at")'
+        ' VALUES (%s, %s, %s, %s, %s) RETURNING "id"',
+        [account, "Help", f"help-{account}-{conversation}", now, now])
     conn.execute('INSERT INTO "articles" ("account_id", "portal_id", "title", "slug",'
                  ' "created_at", "updated_at") VALUES (%s, %s, \'Refunds\', %s, %s, %s)',
                  [account, portal, f"refunds-{account}-{conversation}", now, now])

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from real_schemas.model import APP_ROLE, RealSchema, as_app
+from real_schemas.model import APP_ROLE, RealSchema, write
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.check import check_catalog
 from rls_migrate.discover import discover
@@ -102,13 +102,13 @@ def tenants(dsn: str, schema: RealSchema) -> list[Any]:
     return [r[0] for r in rows]
 
 
-def write_as_app(dsn: str, schema: RealSchema, tenant_keys: Sequence[Any]) -> None:
+def write_as_app(dsn: str, schema: RealSchema, tenant_keys: Sequence[Any], *,
+                 enforced: bool) -> None:
     """The application's write path, committed, once per tenant, as the application role with
-    the tenant set per transaction."""
+    the tenant set per transaction (:func:`real_schemas.model.write`)."""
     with psycopg.connect(dsn) as conn:
         for tenant in tenant_keys:
-            with as_app(conn, tenant):
-                schema.write_path(conn, tenant)
+            write(conn, schema, tenant, enforced=enforced)
 
 
 def rls_left(dsn: str) -> tuple[int, int, int]:
@@ -139,14 +139,14 @@ def run(dsn: str, schema: RealSchema, outcome: Outcome) -> None:
         assert column_checksums(dsn, columns) == before, f"{stage} changed original columns"
         outcome.ok(stage)
     keys = tenants(dsn, schema)
-    write_as_app(dsn, schema, keys)  # observe mode: correct traffic, nothing recorded
+    write_as_app(dsn, schema, keys, enforced=False)  # observe: correct traffic, no record
     outcome.ok("app writes in observe")
     settled = column_checksums(dsn, columns)
     result = apply_stage(dsn, playbook, "enforce").result  # the gate: a clean report
     assert result.failed == 0, result
     assert column_checksums(dsn, columns) == settled, "enforce changed original columns"
     outcome.ok("enforce")
-    write_as_app(dsn, schema, keys)
+    write_as_app(dsn, schema, keys, enforced=True)
     outcome.ok("app writes after enforce")
     report = verify(dsn, playbook)
     assert report.ok, [f"{f.code} {f.subject}: {f.message}" for f in report.failures]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from rls_migrate.alembic.runtime import (
 )
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.playbook import Options
+from rls_migrate.stages.common import regclass_text
 from rls_migrate.steps import LOCKS_BY_LABEL, Estimate, StagePlan, Step
 
 
@@ -148,6 +150,8 @@ def _run_planned(operations: Operations, what: str, step: Step, raw: Sequence[st
             return
         conn = driver_connection(operations, what)
         require_toolkit_schema(conn, what)
+        if not undo:
+            _refuse_rows_without_tenant(conn, step, raw)
         with translated_errors(), journal.MigrationLock(conn):
             executor = Executor(conn, options, journal.Journal(conn))
             stage = StagePlan(step.stage, (step,))
@@ -155,6 +159,48 @@ def _run_planned(operations: Operations, what: str, step: Step, raw: Sequence[st
             if undo and result.undone and step.kind == "add_column" and step.table:
                 # As `rollback --drop-columns`: a later backfill starts from scratch.
                 journal.reset_backfill(conn, step.table)
+
+
+_NOT_NULL_CHECK = re.compile(r'CHECK \(("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*) IS NOT NULL\) NOT VALID$')
+
+
+def _refuse_rows_without_tenant(conn: Any, step: Step, raw: Sequence[str]) -> None:
+    """Constrain's first step on a table (the NOT VALID check), rendered into a revision:
+    refuse it, with the count and sample keys, while rows without a tenant remain, instead
+    of the raw 23514 of VALIDATE one step later (``apply`` does this with the preflight)."""
+    if step.kind != "add_check" or not step.id.startswith("not_null_check:") or not raw:
+        return
+    match = _NOT_NULL_CHECK.search(raw[0])
+    if match is None or step.table is None:
+        return
+    token = match.group(1)
+    column = token[1:-1].replace('""', '"') if token.startswith('"') else token
+    done = conn.execute(step.done_check).fetchone() if step.done_check is not None else None
+    if done and done[0]:
+        return
+    table = step.table.ident
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+        table, sql.Identifier(column))).fetchone()
+    nulls = int(row[0]) if row else 0
+    if not nulls:
+        return
+    pk = [str(r[0]) for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary"
+        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        [regclass_text(step.table)])]
+    key = (sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(
+        sql.SQL("c.{}::text").format(sql.Identifier(k)) for k in pk)) if pk
+        else sql.SQL("c.ctid::text"))
+    keys = [str(r[0]) for r in conn.execute(sql.SQL(
+        "SELECT {} FROM {} AS c WHERE c.{} IS NULL LIMIT 5").format(
+            key, table, sql.Identifier(column)))]
+    raise RlsOperationError(
+        f"{step.id}: refused, nothing executed: {nulls} row(s) of {step.table} have "
+        f"{column} NULL (sample keys: {', '.join(keys)}); NOT NULL cannot be added. Give "
+        "them a tenant or delete them, or keep the column nullable (the playbook's "
+        f"tables.{step.table}.nullable: true, then render the revisions again); "
+        "`rls-migrate plan` lists them with their keys")
 
 
 @Operations.implementation_for(RunRlsStepOp)

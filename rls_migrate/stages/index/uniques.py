@@ -51,9 +51,18 @@ def _do(body: sql.Composable) -> sql.Composed:
 
 def unique_steps(ctx: PlanContext, entry: TenantTable, wanted: tuple[str, ...],
                   notes: list[str]) -> list[Step]:
-    """``tenant_unique``: the global unique on ``wanted`` becomes tenant-scoped."""
-    cols = tuple(c for c in wanted if c != entry.column)
+    """``tenant_unique``: the global unique on ``wanted`` becomes tenant-scoped. ``wanted``
+    names columns, or one unique index or constraint by name (the way to name an expression
+    or partial unique index: ``[index_users_on_lower_email]``)."""
     where = "tenant_unique"
+    if len(wanted) == 1 and entry.table.column(wanted[0]) is None:
+        named = _named_unique(entry, wanted[0], notes)
+        if named is not None:
+            return named
+        constraint = next(c for c in entry.table.constraints
+                          if c.kind == "u" and c.name == wanted[0])
+        wanted = constraint.columns
+    cols = tuple(c for c in wanted if c != entry.column)
     if not cols:
         raise PlaybookError(f"tables.{entry.qname}.{where}: name the columns that must be "
                             f"unique within a tenant, e.g. [email]")
@@ -192,6 +201,62 @@ def unique_steps(ctx: PlanContext, entry: TenantTable, wanted: tuple[str, ...],
     # Nothing global to replace: a new tenant-scoped unique constraint.
     return key_steps(entry, tenant_cols, "tenant_unique: unique within each tenant",
                       risks=risks + ("the build fails if a tenant already has duplicates",))
+
+
+def _named_unique(entry: TenantTable, name: str, notes: list[str]) -> list[Step] | None:
+    """``tenant_unique: [<index name>]``: that unique index (partial and expression ones
+    included: its predicate and expressions are kept) is built again led by the tenant
+    column, and the global one dropped, both concurrently. None when ``name`` is a UNIQUE
+    constraint (handled by its columns); an error when it names nothing unique."""
+    table = entry.table
+    if any(c.kind == "u" and c.name == name for c in table.constraints):
+        return None
+    where = f"tables.{entry.qname}.tenant_unique"
+    if table.is_partitioned:
+        raise PlaybookError(f"{where}: not supported on a partitioned table (a unique index "
+                            "there must include the partition key)")
+    by_name = {i.name: i for i in table.indexes}
+    new = object_name("", QualifiedName(entry.qname.schema, name), TENANT_UNIQUE_SUFFIX)
+    old, ours = by_name.get(name), by_name.get(new)
+    if old is not None and (not old.is_unique or old.is_primary):
+        what = "the primary key" if old.is_primary else "not a unique index"
+        raise PlaybookError(f"{where}: {name} is {what}; name the columns, or a unique index "
+                            "or constraint")
+    if old is None and (ours is None or not ours.is_unique):
+        import difflib
+
+        uniques = [i.name for i in table.indexes if i.is_unique and not i.is_primary]
+        hint = difflib.get_close_matches(name, [*uniques, *table.column_names], n=3,
+                                         cutoff=0.5)
+        raise PlaybookError(f"{where}: table {entry.qname} has no column, unique index or "
+                            f"unique constraint {name!r}"
+                            + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+    if old is not None and entry.column in old.columns:
+        notes.append(f"{entry.qname}: {name} holds {entry.column} already: tenant-scoped")
+        return []
+    if old is not None:
+        shape = shape_of(old)
+    else:
+        assert ours is not None
+        found = shape_of(ours)
+        shape = found.without_leading() if found is not None else None
+    if shape is None:
+        notes.append(f"{entry.qname}: cannot read the definition of {name}: left global")
+        return []
+    risks: tuple[str, ...] = ()
+    column = table.column(entry.column)
+    if column is not None and not column.not_null:
+        risks = (f"{entry.column} is nullable here: rows without a tenant are not checked "
+                 "against each other",)
+    return [
+        create_step(table, entry.qname, new, shape.leading(entry.column),
+                    f"tenant_unique: {name} is global: an insert reveals that another tenant "
+                    "already has the value", unique=True),
+        drop_index_step(entry, name, shape, unique=True,
+                        why=f"{new} enforces uniqueness within each tenant now",
+                        risks=risks + (f"a rollback builds the global {name} again: it fails "
+                                       "if two tenants have the same value by then",)),
+    ]
 
 
 def deferrable_sql(definition: str) -> sql.SQL:

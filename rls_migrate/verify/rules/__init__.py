@@ -14,6 +14,7 @@ from rls_migrate.verify.rules import (
     permissive_policy_always_true,
     policy_rls_disabled,
     rls_no_policy,
+    rows_without_tenant,
     security_definer_function,
     setting_read_per_row,
     tenant_column_nullable,
@@ -32,6 +33,7 @@ RULES: tuple[Rule, ...] = tuple(m.RULE for m in (
     tenant_policy_missing,
     tenant_policy_mismatch,
     tenant_column_nullable,
+    rows_without_tenant,
     tenant_index_missing,
     # what bypasses or leaks around RLS
     app_role_bypasses_rls,

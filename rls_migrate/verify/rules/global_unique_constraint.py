@@ -25,7 +25,7 @@ def check(ctx: VerifyContext) -> Iterator[Finding]:
         if entry.table.is_partition:
             continue  # the parent's constraint is reported once
         name = str(entry.qname)
-        global_ = entry.global_uniques
+        global_ = ctx.plan.global_uniques(entry)
         if global_:
             listed = "; ".join(str(u) for u in global_)
             hint = "; ".join(f"tenant_unique: [[{u.suggestion}]]" for u in global_)

@@ -1,0 +1,341 @@
+"""The data preflight: which rows will be (or are) without a tenant, per table, with counts
+and sample keys, before anything depends on them.
+
+Per tenant table:
+
+* **NULL keys**: rows whose tenant column is NULL now (a direct table's own nullable
+  ``account_id``; a derived table's column after add-column);
+* **NULL links**: rows of a derived or hint table whose link to the parent is NULL (an
+  optional relation, ``ON DELETE SET NULL``): no parent gives them a tenant;
+* **orphans**: rows whose link names no row carrying a tenant, followed up the whole chain
+  to the tenant (a parent that is gone, a parent without a tenant itself); for an owned
+  table, rows no owner points at;
+* **sync conflicts** the sync triggers recorded (a writer whose tenant setting disagreed
+  with the parent).
+
+``plan`` lists them in Risks (``--no-preflight`` skips the scans) (every table, not only the first with orphans). Before the
+backfill, a table whose ``orphans`` is ``stop`` and that has rows no parent gives a tenant
+refuses the stage up front; before constrain, a table that is to get NOT NULL and still has
+rows without a tenant refuses the stage up front: one error with every such table's counts
+and sample keys, nothing executed (instead of a raw 23514 halfway through).
+
+Each table is one scan (reads only) (the chain to the tenant probed by index per row), under
+:data:`STATEMENT_TIMEOUT_MS`: a table that takes longer is reported as not checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from rls_migrate.catalog import Catalog, QualifiedName
+from rls_migrate.errors import GateClosed
+from rls_migrate.playbook import Playbook
+from rls_migrate.sqlcompose import compose
+from rls_migrate.stages.common import PlanContext, TenantTable, comparable, regclass_text
+from rls_migrate.steps import Plan
+
+SAMPLE_SIZE = 5
+STATEMENT_TIMEOUT_MS = 120_000
+"""Per table. A preflight that cannot finish in this time reports the table as unchecked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFindings:
+    """Rows without a tenant in one table. ``null_keys`` is None when the tenant column does
+    not exist yet (before add-column); counts are None when the table was not checked."""
+
+    table: QualifiedName
+    column: str
+    strategy: str
+    parent: QualifiedName | None
+    link: tuple[str, ...]
+    null_keys: int | None = None
+    null_key_sample: tuple[str, ...] = ()
+    null_links: int | None = None
+    null_link_sample: tuple[str, ...] = ()
+    orphans: int | None = None
+    orphan_sample: tuple[str, ...] = ()
+    sync_conflicts: int = 0
+    sync_conflict_sample: tuple[str, ...] = ()
+    unchecked: str | None = None  # why the table was not checked
+
+    @property
+    def without_tenant(self) -> int:
+        """Rows that get (or have) no tenant: NULL links and orphans of a derived table, the
+        NULL keys of a direct one."""
+        if self.strategy in ("direct", "root"):
+            return self.null_keys or 0
+        return (self.null_links or 0) + (self.orphans or 0)
+
+
+def _key_text(entry: TenantTable, alias: str) -> sql.Composable:
+    keys = entry.table.primary_key
+    if not keys:
+        return compose("{}.ctid::text", sql.Identifier(alias))
+    return compose("concat_ws(',', {})", sql.SQL(", ").join(
+        compose("{}::text", sql.Identifier(alias, k)) for k in keys))
+
+
+def _resolved(ctx: PlanContext, entry: TenantTable, depth: int,
+              column_exists: frozenset[QualifiedName]) -> sql.Composable:
+    """The tenant the row ``a<depth>`` of ``entry`` has or would get, as text: its own
+    column where it exists and is filled, else its parent's, up the chain."""
+    alias = f"a{depth}"
+    own = compose("({})::text", sql.Identifier(alias, entry.column))
+    if entry.parent is None or entry.strategy in ("direct", "root"):
+        return own
+    parent = ctx.tenant_table(entry.parent.qname)
+    if parent is None:
+        return own if entry.qname in column_exists else sql.SQL("NULL::text")
+    palias = f"a{depth + 1}"
+    match = []
+    for (child_col, ref_col), (mine, theirs) in zip(
+            zip(entry.parent.columns, entry.parent.ref_columns, strict=True),
+            ctx.link_types(entry), strict=True):
+        child: sql.Composable = sql.Identifier(alias, child_col)
+        if not comparable(mine, theirs) and theirs is not None:
+            child = compose("({})::{}", child, sql.SQL(theirs))
+        match.append(compose("{} = {}", sql.Identifier(palias, ref_col), child))
+    via = compose("(SELECT {} FROM {} AS {} WHERE {} LIMIT 1)",
+                  _resolved(ctx, parent, depth + 1, column_exists), parent.ident,
+                  sql.Identifier(palias), sql.SQL(" AND ").join(match))
+    if entry.qname in column_exists:
+        return compose("COALESCE({}, {})", own, via)
+    return via
+
+
+def _link_null(entry: TenantTable, alias: str) -> sql.Composable:
+    if entry.parent is None or entry.owned or entry.strategy in ("direct", "root"):
+        return sql.SQL("false")
+    return sql.SQL(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
+                                for c in entry.parent.columns)
+
+
+def table_queries(ctx: PlanContext, entry: TenantTable,
+                  column_exists: frozenset[QualifiedName]) -> dict[str, sql.Composed]:
+    """The counting query (null keys, null links, orphans) and one sample query per kind."""
+    t = entry.ident
+    a0 = sql.Identifier("a0")
+    own = sql.Identifier("a0", entry.column)
+    has_column = entry.qname in column_exists
+    resolved = _resolved(ctx, entry, 0, column_exists)
+    link_null = _link_null(entry, "a0")
+    null_key = compose("{} IS NULL", own) if has_column else sql.SQL("false")
+    conditions = {
+        "null_keys": null_key,
+        "null_links": compose("({}) AND {} IS NULL", link_null, resolved),
+        "orphans": compose("NOT ({}) AND {} IS NULL", link_null, resolved),
+    }
+    if entry.strategy in ("direct", "root"):
+        conditions = {"null_keys": null_key}
+    counts = compose("SELECT {} FROM {} AS {}", sql.SQL(", ").join(
+        compose("count(*) FILTER (WHERE {})", cond) for cond in conditions.values()), t, a0)
+    out = {"count": counts}
+    for kind, cond in conditions.items():
+        out[kind] = compose("SELECT {} FROM {} AS {} WHERE {} LIMIT {}", _key_text(entry, "a0"),
+                            t, a0, cond, sql.Literal(SAMPLE_SIZE))
+    return out
+
+
+def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
+                     ) -> frozenset[QualifiedName]:
+    """Tenant tables whose tenant column exists now (live, not from the catalog snapshot:
+    the gate runs right after other stages changed it)."""
+    present = set()
+    for entry in ctx.tenant_tables:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attname = %s AND NOT attisdropped)",
+            [regclass_text(entry.qname), entry.column]).fetchone()
+        if row and row[0]:
+            present.add(entry.qname)
+    return frozenset(present)
+
+
+def _sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    row = conn.execute("SELECT to_regclass('rls_migrate.sync_conflicts') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return {}
+    out = {}
+    for name, count, sample in conn.execute(
+            "SELECT table_name, count(*), (array_agg(concat(coalesce(row_key, '?'), ': kept ',"
+            " kept_tenant, ', not ', other_tenant, ' (', source, ')') ORDER BY at DESC))[1:%s]"
+            " FROM rls_migrate.sync_conflicts GROUP BY table_name", [SAMPLE_SIZE]).fetchall():
+        out[str(name)] = (int(count), tuple(str(s) for s in sample or ()))
+    return out
+
+
+def run_preflight(conn: psycopg.Connection[Any], ctx: PlanContext,
+                  tables: frozenset[QualifiedName] | None = None) -> list[TableFindings]:
+    """Count and sample the rows without a tenant in every tenant table (or ``tables``),
+    parents first. Read-only; each table under :data:`STATEMENT_TIMEOUT_MS`."""
+    present = _columns_present(conn, ctx)
+    conflicts = _sync_conflicts(conn)
+    findings = []
+    for entry in ctx.tenant_tables:
+        if tables is not None and entry.qname not in tables:
+            continue
+        base = TableFindings(
+            entry.qname, entry.column, entry.strategy,
+            entry.parent.qname if entry.parent else None,
+            entry.parent.columns if entry.parent else (),
+            sync_conflicts=conflicts.get(str(entry.qname), (0, ()))[0],
+            sync_conflict_sample=conflicts.get(str(entry.qname), (0, ()))[1])
+        if entry.strategy in ("direct", "root") and entry.qname not in present:
+            findings.append(dataclasses.replace(base, unchecked="its tenant column is missing"))
+            continue
+        queries = table_queries(ctx, entry, present)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                             [str(STATEMENT_TIMEOUT_MS)])
+                counts = conn.execute(queries["count"]).fetchone()
+                assert counts is not None
+                values: dict[str, Any] = {}
+                for kind, count in zip((k for k in queries if k != "count"), counts,
+                                       strict=True):
+                    values[kind] = int(count)
+                    sample: tuple[str, ...] = ()
+                    if count:
+                        sample = tuple(str(r[0]) for r in conn.execute(queries[kind]))
+                    values[f"{kind[:-1]}_sample"] = sample
+        except psycopg.errors.QueryCanceled:
+            findings.append(dataclasses.replace(
+                base, unchecked=f"not checked: longer than {STATEMENT_TIMEOUT_MS / 1000:g} s"))
+            continue
+        if entry.qname not in present:
+            values.pop("null_keys", None)
+            values.pop("null_key_sample", None)
+        findings.append(dataclasses.replace(base, **values))
+    return findings
+
+
+# --------------------------------------------------------------------------- words
+
+
+def _sample(keys: tuple[str, ...]) -> str:
+    return f" (sample keys: {', '.join(keys)})" if keys else ""
+
+
+def describe(finding: TableFindings, playbook: Playbook) -> list[str]:
+    """One line per kind of row without a tenant, saying what happens to it."""
+    name = finding.table
+    nullable = playbook.keeps_nullable(name)
+    fate = ("they stay without a tenant (nullable): invisible to every tenant, seen by admin "
+            "roles" if nullable else
+            f"constrain refuses NOT NULL while they remain: fix or delete them, or set "
+            f"tables.{name}.nullable: true")
+    lines = []
+    if finding.unchecked:
+        return [f"{name}: preflight {finding.unchecked}"]
+    if finding.strategy in ("direct", "root"):
+        if finding.null_keys:
+            lines.append(f"{name}: {finding.null_keys} row(s) with a NULL tenant key "
+                         f"{finding.column}{_sample(finding.null_key_sample)}; {fate}")
+    else:
+        skip = playbook.orphans_for(name) == "skip"
+        backfill = ("the backfill leaves them empty (orphans: skip)" if skip else
+                    f"the backfill stops on them (orphans: stop; set tables.{name}.orphans: "
+                    "skip to leave them empty)")
+        if finding.null_links:
+            lines.append(
+                f"{name}: {finding.null_links} row(s) whose link "
+                f"({', '.join(finding.link)}) is NULL get no tenant from {finding.parent}"
+                f"{_sample(finding.null_link_sample)}; {backfill}; {fate}")
+        if finding.orphans:
+            what = (f"no row of {finding.parent} points at them" if finding.strategy == "owned"
+                    else f"their link names no row of {finding.parent} that has a tenant")
+            lines.append(f"{name}: {finding.orphans} orphan row(s): {what}"
+                         f"{_sample(finding.orphan_sample)}; {backfill}; {fate}")
+    if finding.sync_conflicts:
+        lines.append(
+            f"{name}: the sync trigger recorded {finding.sync_conflicts} write(s) whose tenant "
+            f"setting named another tenant than the parent's (the parent's was kept)"
+            f"{_sample(finding.sync_conflict_sample)}: see rls_migrate.sync_conflicts")
+    return lines
+
+
+def risks(findings: list[TableFindings], playbook: Playbook) -> list[str]:
+    return [line for f in findings for line in describe(f, playbook)]
+
+
+def with_preflight(conn: psycopg.Connection[Any], catalog: Catalog, playbook: Playbook,
+                   plan: Plan) -> Plan:
+    """``plan`` with the preflight's findings appended to its risks."""
+    found = risks(run_preflight(conn, PlanContext(catalog, playbook)), playbook)
+    return dataclasses.replace(plan, risks=(*plan.risks, *found))
+
+
+# --------------------------------------------------------------------------- gates
+
+
+def backfill_refusal(findings: list[TableFindings], playbook: Playbook) -> str | None:
+    """The error for tables whose ``orphans`` is ``stop`` and that have rows no parent
+    gives a tenant, or None."""
+    stops = [f for f in findings if f.strategy not in ("direct", "root")
+             and playbook.orphans_for(f.table) == "stop" and f.without_tenant]
+    if not stops:
+        return None
+    lines = [line for f in stops for line in describe(f, playbook)]
+    return ("backfill refused, nothing executed: rows in " + str(len(stops)) + " table(s) "
+            "can get no tenant from a parent and their orphans policy is stop:\n  "
+            + "\n  ".join(lines))
+
+
+def constrain_refusal(findings: list[TableFindings], playbook: Playbook) -> str | None:
+    """The error for tables that are to get NOT NULL and still have rows without a tenant,
+    or None."""
+    blocked = [f for f in findings if not playbook.keeps_nullable(f.table) and not f.unchecked
+               and (f.null_keys or 0) > 0]
+    if not blocked:
+        return None
+    lines = []
+    for f in blocked:
+        detail = describe(f, playbook)
+        if f.strategy not in ("direct", "root"):
+            rest = (f.null_keys or 0) - f.without_tenant
+            if rest > 0:
+                detail.append(f"{f.table}: {rest} row(s) still without {f.column} although a "
+                              f"parent has one: run the backfill stage again")
+            detail.insert(0, f"{f.table}: {f.null_keys} row(s) with {f.column} NULL"
+                             f"{_sample(f.null_key_sample)}")
+        lines += detail
+    return ("constrain refused, nothing executed: NOT NULL cannot be added while rows have no "
+            f"tenant ({len(blocked)} table(s)):\n  " + "\n  ".join(lines))
+
+
+def _gate(stage: str) -> Any:
+    def gate(conn: psycopg.Connection[Any], playbook: Playbook, force: bool
+             ) -> dict[str, Any] | None:
+        catalog = Catalog.load(conn, schemas=playbook.schemas)
+        ctx = PlanContext(catalog, playbook)
+        if stage == "backfill":
+            wanted = frozenset(e.qname for e in ctx.tenant_tables if e.added
+                               and playbook.orphans_for(e.qname) == "stop")
+        else:
+            wanted = frozenset(e.qname for e in ctx.tenant_tables
+                               if not playbook.keeps_nullable(e.qname))
+        if not wanted:
+            return None
+        findings = run_preflight(conn, ctx, wanted)
+        refusal = (backfill_refusal if stage == "backfill" else constrain_refusal)(
+            findings, playbook)
+        if refusal is not None:
+            # --force cannot help: the statements would fail on these rows anyway.
+            raise GateClosed(refusal)
+        return None
+
+    return gate
+
+
+def register_gates() -> None:
+    """The backfill and constrain gates (runner calls this once)."""
+    from rls_migrate.runner import GATES
+
+    GATES.setdefault("backfill", _gate("backfill"))
+    GATES.setdefault("constrain", _gate("constrain"))
