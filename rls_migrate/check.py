@@ -2,8 +2,9 @@
 
 Which tables: the playbook's tenant tables and their partitions; every table discovery
 classifies as tenant data around the playbook's tenant table (or ``--tenant-table``): a
-foreign key to the root or to a tenant table under any column name; and every table holding
-a tenant column of the playbook (or ``--column``). A table the playbook marks skip or global
+foreign key to the root or to a tenant table under any column name, or what looks like one
+(a generic relation, a key-like column without a foreign key: a warning without a playbook);
+and every table holding a tenant column of the playbook (or ``--column``). A table the playbook marks skip or global
 with a note is a named warning; without a note, TODO, or not in the playbook, it fails. A
 table is *enforced* when row-level security is enabled, a policy filters on its tenant
 column and none records instead (observe mode), nothing admits every row (a permissive
@@ -143,13 +144,16 @@ def targets(catalog: Catalog, playbook: Playbook | None, column: str | None,
         columns.update(p.column for p in plans.values()
                        if p.strategy == "direct" and p.column)
 
-    def add(table: Table, col: str | None, why: str) -> None:
+    def add(table: Table, col: str | None, why: str, maybe: bool = False) -> None:
         if table.qname in found:
             return
         parent = _top(catalog, table.qname)
         plan = plans.get(parent)
         if plan is None:
-            found[table.qname] = Target(table, col, why, missing=None if playbook is None else
+            # Without a playbook, a table that only looks like tenant data (discovery needs
+            # a hint for it) is a warning; with one, it is a table the playbook does not know.
+            found[table.qname] = Target(table, col, why, warn_only=maybe and playbook is None,
+                                        missing=None if playbook is None else
                                         "not in the playbook: add it (rls-migrate init shows how "
                                         "it reaches the tenant) and run the stages, or mark it "
                                         "skip with a note saying why")
@@ -164,13 +168,14 @@ def targets(catalog: Catalog, playbook: Playbook | None, column: str | None,
 
     if graph is not None:
         for qname, found_as in graph.tables.items():
-            if found_as.kind not in TENANT_KINDS:
+            if found_as.kind not in TENANT_KINDS and found_as.kind != "needs_hint":
                 continue
             why = _discovered(found_as)
             for name in (qname, *found_as.partitions):
                 table = catalog.tables.get(name)
                 if table is not None:
-                    add(table, _column_of(table, found_as, columns), why)
+                    add(table, _column_of(table, found_as, columns), why,
+                        maybe=found_as.kind == "needs_hint")
     for table in catalog.tables.values():
         held = sorted(c for c in columns if table.column(c) is not None)
         if held and not (playbook is not None and table.qname == playbook.tenant.qname):
@@ -196,6 +201,8 @@ def _discovered(entry: Classification) -> str:
         return f"holds the tenant key ({entry.evidence})"
     if entry.kind == "derived" and entry.parent is not None:
         return f"derived from the tenant through {entry.parent} ({_path(entry)})"
+    if entry.kind == "needs_hint":
+        return f"may hold tenant data ({entry.evidence})"
     return "reaches the tenant by foreign keys (" + "; ".join(
         str(o) for o in entry.options) + ")"
 

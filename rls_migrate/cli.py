@@ -33,7 +33,7 @@ class _Commands(click.Group):
     BESIDE_THEIR_CODE = {
         "alembic": ("rls_migrate.alembic_cli", "alembic_group"),
         "check": ("rls_migrate.check", "check_command"),
-        "report": ("rls_migrate.report", "report"),
+        "report": ("rls_migrate.report_cli", "report"),
         "verify": ("rls_migrate.verify.command", "verify_command"),
     }
 
@@ -154,7 +154,11 @@ def init(dsn: str | None, tenant_table: str, key: str | None, app_role: str | No
     text = build_playbook_yaml(graph, catalog, app_role=app_role, dsn_env=dsn_env,
                                column=column, setting=setting, link_counts=link_counts)
     path = output or Path("playbooks") / f"{catalog.database}.yaml"
+    replaced = force and path.is_file()
     write_playbook(path, text, force=force)
+    if replaced:
+        click.echo(f"WARNING: --force: replaced the existing {path} (decisions made in it are "
+                   "gone unless it is under version control)", err=True)
     counts = graph.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     click.echo(f"wrote {path}: {summary}")
@@ -399,6 +403,10 @@ def status(playbook: Path, dsn: str | None, fmt: str) -> None:
     for anomaly in report["anomalies"]:
         click.echo(f"{anomaly['kind']}s in {anomaly['table_name']}: {anomaly['count']} "
                    f"(sample keys: {anomaly['sample']})")
+    for conflict in report.get("sync_conflicts", []):
+        click.echo(f"sync conflicts in {conflict['table_name']}: {conflict['count']} "
+                   "transaction(s) wrote a row whose tenant disagreed with its parent's or "
+                   f"owner's (that one was kept; latest: {'; '.join(conflict['sample'])})")
     for err in report["errors"]:
         click.echo(_error_line(err))
 

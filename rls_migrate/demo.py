@@ -78,6 +78,9 @@ class DemoResult:
     workload: dict[str, Any] = dataclasses.field(default_factory=dict)
     violations_seen: int = 0
     gate_refused: bool = False
+    # Replay's verdicts in the report before the fix: application_name -> verdicts seen.
+    verdicts: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    gate_passed_harmless: bool = False  # the flip went through with harmless groups left
     verify_ok: bool | None = None
     kill_switch_s: float | None = None
     untouched_unchanged: bool = False
@@ -213,6 +216,12 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
         playbook = sample_playbook(catalog, graph)
         playbook = playbook.model_copy(update={"roles": playbook.roles.model_copy(
             update={"admin": (samples.ADMIN_ROLE,)})})
+        if server.log_path is not None:
+            # report and the gate read the bound parameters of recorded statements there.
+            observe = playbook.options.observe.model_copy(
+                update={"logs": (str(server.log_path),)})
+            playbook = playbook.model_copy(update={"options": playbook.options.model_copy(
+                update={"observe": observe})})
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "demo.yaml"
         path.write_text("# Written by `rls-migrate demo` from init's output, TODOs decided.\n"
@@ -229,9 +238,11 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
         before = _checksums(dsn)
 
         echo(f"\nRunning the runbook under a live workload ({threads} app threads as "
-             f"{samples.APP_ROLE}, plus a nightly job that forgot its tenant context):")
+             f"{samples.APP_ROLE}, some of their statements legacy ones that scope comments "
+             "only through the issue's project, plus a nightly job that forgot its tenant "
+             "context):")
         load = Workload(app_dsn, dsn, threads=threads, forgotten_job=True,
-                        forgotten_every_s=0.3)
+                        forgotten_every_s=0.3, legacy_queries=True)
         log_offset = _log_size(server)
         with _Display(echo, live) as display:
             display.load = load
@@ -241,13 +252,17 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
                     with display.step(stage, result):
                         apply_stage(dsn, playbook, stage, source=str(path))
                 time.sleep(1.5)  # let the forgotten job run under observe
-                with connect(dsn) as conn, display.step("report", result):
-                    report = build_report(conn, playbook)
+                with connect(dsn) as conn, display.step("report --confirm", result):
+                    report = build_report(conn, playbook, confirm_groups=True)
                 result.violations_seen = report.statements
-                for group in report.groups[:3]:
-                    display.say(f"    violation: {group.table} {group.operation} "
+                for group in report.groups:
+                    verdict = group.verdict.verdict if group.verdict else "not replayed"
+                    result.verdicts.setdefault(group.application_name or "", set()).add(verdict)
+                for group in sorted(report.groups, key=lambda g: (g.harmless, -g.count))[:6]:
+                    verdict = group.verdict.verdict.upper() if group.verdict else "?"
+                    display.say(f"    {verdict:<13} {group.table} {group.operation} "
                                 f"{group.kind} by {group.role} ({group.application_name}) "
-                                f"x{group.count}")
+                                f"x{group.count}: {group.statement[:70]}")
                 try:
                     apply_stage(dsn, playbook, "enforce", source=str(path))
                 except GateClosed as exc:
@@ -272,11 +287,16 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
                     update={"enforce": playbook.options.enforce.model_copy(
                         update={"report_window": window})})})
                 with connect(dsn) as conn:
-                    since_fix = build_report(conn, clean, dt.timedelta(milliseconds=window))
+                    since_fix = build_report(conn, clean, dt.timedelta(milliseconds=window),
+                                             confirm_groups=True)
+                left = {g.verdict.verdict if g.verdict else "not replayed"
+                        for g in since_fix.groups}
                 display.say(f"  report over the {window / 1000:.1f} s since the fix: "
-                            f"{'clean' if since_fix.clean else 'still violations'}")
+                            + ("clean" if since_fix.clean else
+                               f"{len(since_fix.groups)} group(s), {', '.join(sorted(left))}"))
                 with display.step("enforce", result):
                     apply_stage(dsn, clean, "enforce", source=str(path))
+                result.gate_passed_harmless = bool(since_fix.groups) and left == {"harmless"}
                 with display.step("verify", result):
                     checked = verify(dsn, clean, source=str(path))
                 result.verify_ok = checked.ok
@@ -326,8 +346,11 @@ def _print_summary(result: DemoResult, stats: WorkloadStats, echo: Echo) -> None
              f"{waits['waits']:.0f}; worst on a table {waits['relation']:.0f} ms (lock_timeout "
              f"{waits.get('lock_timeout', 0):.0f} ms), worst on a row {waits['row']:.0f} ms "
              "(a backfill batch holds the rows it fills until it commits)")
-    echo(f"  forgotten job: {result.violations_seen} violating statement(s) recorded in "
-         f"observe mode; enforce gate refused: {result.gate_refused}")
+    echo(f"  observe recorded {result.violations_seen} statement(s); replayed: " + "; ".join(
+        f"{app} {'/'.join(sorted(v))}" for app, v in sorted(result.verdicts.items())))
+    echo(f"  enforce gate refused: {result.gate_refused} (while the nightly job ran); let "
+         f"the harmless legacy statements through after the fix: "
+         f"{result.gate_passed_harmless}")
     echo(f"  kill switch (enforce -> observe): {result.kill_switch_s} s; verify ok: "
          f"{result.verify_ok}")
     echo(f"  rows of untouched tables unchanged (checksums): {result.untouched_unchanged}")

@@ -690,11 +690,9 @@ class _Discovery:
                         f"{quote_ident(col.name)} is named like a reference to {target}"
                         f"({quote_ident(pk.name)}) but its type {col.type} differs from "
                         f"{pk.type}")
-        # 2. Polymorphic pairs: the parent table is chosen per row by <x>_type.
-        for name in columns:
-            id_col = columns.get(name.removesuffix("_type") + "_id")
-            if not name.endswith("_type") or id_col is None:
-                continue
+        # 2. Polymorphic pairs: the parent table is chosen per row by <x>_type (Rails), or
+        # by a content type (Django's generic relations: content_type_id + object_id).
+        for name, id_col in _polymorphic_pairs(columns):
             targets = sorted(
                 ((q, key) for q in tenant
                  if (key := self._single_pk(q)) is not None and _compatible(id_col, key)),
@@ -879,6 +877,27 @@ def _top_parent(catalog: Catalog, qname: QualifiedName) -> QualifiedName:
         seen.add(qname)
         table = catalog.tables[qname]
     return qname
+
+
+def _polymorphic_pairs(columns: Mapping[str, Column]) -> list[tuple[str, Column]]:
+    """(type column, id column) pairs: Rails' ``<x>_type`` + ``<x>_id``; Django's
+    ``content_type_id`` + ``object_id`` (or ``object_pk``), also prefixed
+    (``<x>_content_type_id`` + ``<x>_object_id`` or ``<x>_id``)."""
+    pairs: list[tuple[str, Column]] = []
+    for name in columns:
+        if name.endswith("content_type_id"):
+            prefix = name.removesuffix("content_type_id")
+            names = [prefix + "object_id", prefix + "object_pk"]
+            if prefix.rstrip("_"):
+                names.append(prefix.rstrip("_") + "_id")
+        elif name.endswith("_type"):
+            names = [name.removesuffix("_type") + "_id"]
+        else:
+            continue
+        id_col = next((columns[n] for n in names if n in columns), None)
+        if id_col is not None:
+            pairs.append((name, id_col))
+    return pairs
 
 
 def _sets_null(table: Table, hop: Hop) -> bool:

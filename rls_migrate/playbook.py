@@ -44,7 +44,13 @@ from pydantic import (
     model_validator,
 )
 
-from rls_migrate.catalog import Catalog, QualifiedName, quote_ident, split_qualified
+from rls_migrate.catalog import (
+    Catalog,
+    QualifiedName,
+    parse_column,
+    quote_ident,
+    split_qualified,
+)
 from rls_migrate.errors import PlaybookError
 
 TODO = "TODO"
@@ -167,6 +173,12 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
     return parts
 
 
+def _column_name(value: Any) -> Any:
+    """A column as SQL writes it: ``'"accountId"'`` is the column accountId; a bare name is
+    taken as written (so playbooks written before quoting was accepted load unchanged)."""
+    return parse_column(value) if isinstance(value, str) else value
+
+
 class TablePlan(Strict):
     """What to do with one table."""
 
@@ -200,6 +212,11 @@ class TablePlan(Strict):
     drop_replaced_indexes: bool = False
     force_rls: bool | None = None
     note: str | None = None
+
+    @field_validator("column", mode="before")
+    @classmethod
+    def _column_name(cls, value: Any) -> Any:
+        return _column_name(value)
 
     @field_validator("parent", mode="before")
     @classmethod
@@ -262,6 +279,11 @@ class Tenant(Strict):
     column: str = Field(default="tenant_id", description="the column added to derived tables")
     setting: str = Field(default="app.tenant_id", description="the per-transaction setting")
 
+    @field_validator("key", "column", mode="before")
+    @classmethod
+    def _column_names(cls, value: Any) -> Any:
+        return _column_name(value)
+
     @field_validator("setting")
     @classmethod
     def _setting(cls, value: str) -> str:
@@ -322,6 +344,29 @@ class EnforceOptions(Strict):
         default=86_400_000.0, description="the clean-report window the gate checks")
 
 
+class ObserveOptions(Strict):
+    capture_parameters: int = Field(
+        default=1024, ge=0, le=1_048_576,
+        description="bytes of each bound parameter the server logs with a recorded statement "
+                    "(log_parameter_max_length_on_error for the application role; 0: off). "
+                    "On by default: a statement sent with parameters cannot be replayed "
+                    "without them, and the gate refuses what it cannot confirm. The values "
+                    "stay in the server log; report output redacts them")
+    replay_samples: int = Field(
+        default=5, ge=1, le=100,
+        description="distinct parameter sets of a group that report --confirm replays")
+    replay_timeout: DurationMs = Field(
+        default=5_000.0, description="statement_timeout of each replayed statement")
+    replay_writes: Literal["rollback", "never"] = Field(
+        default="rollback",
+        description="rollback: a recorded INSERT/UPDATE/DELETE is replayed in a transaction "
+                    "that is always rolled back (on the primary, under lock_timeout); never: "
+                    "such statements stay unconfirmable")
+    logs: tuple[str, ...] = Field(
+        default=(), description="server log files (globs) report and the enforce gate read "
+                                "for parameters and for records of read-only transactions")
+
+
 class IndexOptions(Strict):
     concurrency: int = Field(default=1, ge=1, le=8)
     tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
@@ -356,6 +401,7 @@ class Options(Strict):
     backfill: BackfillOptions = BackfillOptions()
     index: IndexOptions = IndexOptions()
     enforce: EnforceOptions = EnforceOptions()
+    observe: ObserveOptions = ObserveOptions()
 
 
 class Playbook(Strict):

@@ -147,18 +147,28 @@ def table_queries(ctx: PlanContext, entry: TenantTable,
 def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
                      ) -> frozenset[QualifiedName]:
     """Tenant tables whose tenant column exists now (live, not from the catalog snapshot:
-    the gate runs right after other stages changed it). One query for every table: a
-    round trip per table cost more than the rest of the preflight on 1,000 tables."""
+    the gate runs right after other stages changed it), in one query."""
     entries = list(ctx.tenant_tables)
+    if not entries:
+        return frozenset()
     rows = conn.execute(
-        "SELECT x.n FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(reg, col, n)"
-        " WHERE EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = x.reg::regclass"
-        " AND attname = x.col AND NOT attisdropped)",
+        "SELECT w.i FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS w(rel, col, i)"
+        " WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
+        " AND a.attname = w.col AND NOT a.attisdropped)",
         [[regclass_text(e.qname) for e in entries], [e.column for e in entries]]).fetchall()
-    return frozenset(entries[int(n) - 1].qname for (n,) in rows)
+    return frozenset(entries[int(r[0]) - 1].qname for r in rows)
 
 
-def _sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+def _not_null_now(conn: psycopg.Connection[Any], entry: TenantTable) -> bool:
+    row = conn.execute(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attname = %s AND NOT attisdropped",
+        [regclass_text(entry.qname), entry.column]).fetchone()
+    return bool(row and row[0])
+
+
+def sync_conflicts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per table: how many conflicts the sync triggers sampled, and the latest few."""
     row = conn.execute("SELECT to_regclass('rls_migrate.sync_conflicts') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return {}
@@ -214,7 +224,7 @@ def _under_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
 def _findings(conn: psycopg.Connection[Any], ctx: PlanContext,
               tables: frozenset[QualifiedName] | None) -> list[TableFindings]:
     present = _columns_present(conn, ctx)
-    conflicts = _sync_conflicts(conn)
+    conflicts = sync_conflicts(conn)
     findings = []
     for entry in ctx.tenant_tables:
         if tables is not None and entry.qname not in tables:
@@ -355,8 +365,11 @@ def _gate(stage: str) -> Any:
             wanted = frozenset(e.qname for e in ctx.tenant_tables if e.added
                                and playbook.orphans_for(e.qname) == "stop")
         else:
+            # A column already NOT NULL (constrain ran, or the application's own) has no
+            # NULL to find: not scanned again.
             wanted = frozenset(e.qname for e in ctx.tenant_tables
-                               if not playbook.keeps_nullable(e.qname))
+                               if not playbook.keeps_nullable(e.qname)
+                               and not _not_null_now(conn, e))
         if not wanted:
             return None
         findings = run_preflight(conn, ctx, wanted)

@@ -20,6 +20,7 @@ from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
 from rls_migrate.executor import Executor, StageResult, StepOutcome, _now
+from rls_migrate.gate import enforce_gate
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
 from rls_migrate.progress import ProgressHook
@@ -32,18 +33,10 @@ APPLICABLE = STAGES
 ROLLBACK_TARGETS = ("none", *STAGES)
 
 Gate = Callable[[psycopg.Connection[Any], Playbook, bool], dict[str, Any] | None]
-GATES: dict[str, Gate] = {}
+GATES: dict[str, Gate] = {"enforce": enforce_gate}
 """Stage -> a check run before it (after the earlier stages are verified done). It raises
 GateClosed to refuse, or returns details to journal (e.g. a forced override); ``force`` is
-the user's ``--force``. The observe stage registers the enforce gate (a clean report)."""
-
-
-def register_gate(stage: str) -> Callable[[Gate], Gate]:
-    def decorate(gate: Gate) -> Gate:
-        GATES[stage] = gate
-        return gate
-
-    return decorate
+the user's ``--force``. Enforce's: every recorded violation replayed harmless."""
 
 
 @Executor.register("backfill")
@@ -415,6 +408,9 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
             "matrix": matrix,
             "backfill": checkpoints,
             "anomalies": [dataclasses.asdict(a) for a in journal.anomalies()],
+            "sync_conflicts": [{"table_name": t, "count": n, "sample": list(sample)}
+                               for t, (n, sample) in
+                               sorted(_preflight.sync_conflicts(conn).items())],
             "errors": [dataclasses.asdict(r) for r in journal.status_rows() if r.last_error],
             "left_out": [{"table": str(q), "strategy": p.strategy, "note": p.note}
                          for q, p in sorted(playbook.table_plans())
@@ -425,6 +421,5 @@ def status(dsn: str, playbook: Playbook, *, source: str = "playbook") -> dict[st
 __all__ = ["APPLICABLE", "ApplyResult", "StepFailed", "apply_stage", "rollback_to", "status"]
 
 from rls_migrate import preflight as _preflight  # noqa: E402
-from rls_migrate import report as _report  # noqa: E402, F401  (registers the enforce gate)
 
 _preflight.register_gates()  # backfill and constrain refuse up front on rows without a tenant

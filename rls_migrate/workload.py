@@ -6,7 +6,11 @@ the tenant context set per transaction (reads of a project's issues, new comment
 updates, comment re-parenting inside the tenant, new events), and record every transaction's
 latency and every error. An optional "forgotten" code path (a nightly report) runs without
 any tenant context, the way real cron jobs do, until :meth:`Workload.fix_forgotten_job` is
-called.
+called. With ``legacy_queries``, the application also runs the statements an existing app
+has before it knows about tenant columns: comments scoped only through their issue's project
+(a hash join that scans every tenant's comments; the planner's choice for a big tenant, set
+here so the run is deterministic) and an ``EXISTS`` through the parent. They are correct:
+observe records them, and replay shows them harmless.
 
 Example::
 
@@ -109,6 +113,7 @@ class Workload:
         setting: str = "app.tenant_id",
         forgotten_job: bool = False,
         forgotten_every_s: float = 0.5,
+        legacy_queries: bool = False,
         think_ms: float = 1.0,
         seed: int = 7,
     ) -> None:
@@ -120,6 +125,7 @@ class Workload:
         self.setting = setting
         self.forgotten_job = forgotten_job
         self.forgotten_every_s = forgotten_every_s
+        self.legacy_queries = legacy_queries
         self.think_ms = think_ms
         self.seed = seed
         self.stats = WorkloadStats()
@@ -205,6 +211,9 @@ class Workload:
     def _one_request(self, conn: psycopg.Connection[Any], rng: random.Random,
                      data: TenantData) -> None:
         kind = rng.random()
+        if self.legacy_queries and kind < 0.08:
+            self._legacy_request(conn, rng, data, hash_join=kind < 0.04)
+            return
         if kind < 0.45:
             conn.execute(
                 "SELECT i.id, i.title, i.status FROM issues i JOIN projects p"
@@ -230,6 +239,22 @@ class Workload:
                 "INSERT INTO events (account_id, kind, payload, created_at)"
                 " VALUES (%s, 'page_view', '{}'::jsonb, %s)",
                 [data.tenant, EVENT_DAY + dt.timedelta(seconds=rng.randrange(86_400))])
+
+    @staticmethod
+    def _legacy_request(conn: psycopg.Connection[Any], rng: random.Random, data: TenantData,
+                        *, hash_join: bool) -> None:
+        """A correct statement that scopes a child only through its parent."""
+        project = rng.choice(data.projects)
+        if hash_join:
+            conn.execute("SET LOCAL enable_nestloop = off")
+            conn.execute("SET LOCAL enable_mergejoin = off")
+            conn.execute(
+                "SELECT c.id, c.body FROM comments c JOIN issues i ON i.id = c.issue_id"
+                " WHERE i.project_id = %s ORDER BY c.id DESC LIMIT 50", [project]).fetchall()
+        else:
+            conn.execute(
+                "SELECT count(*) FROM comments c WHERE EXISTS (SELECT 1 FROM issues i"
+                " WHERE i.id = c.issue_id AND i.project_id = %s)", [project]).fetchone()
 
     def _nightly(self) -> None:
         """The forgotten code path: a report over every tenant's comments, run without

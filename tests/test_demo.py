@@ -21,6 +21,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.workload["errors"] == 0, result.workload["error_samples"]
     assert result.workload["transactions"] > 100
     assert result.violations_seen > 0 and result.gate_refused
+    # Replay: the forgotten job is confirmed; the legacy statements (a hash join and an EXISTS
+    # that scope comments through their parents) are recorded, and harmless.
+    assert result.verdicts.get("nightly-report") == {"confirmed"}, result.verdicts
+    legacy = {app: v for app, v in result.verdicts.items() if app.startswith("saas-app")}
+    assert legacy and all(v == {"harmless"} for v in legacy.values()), result.verdicts
     assert result.verify_ok is True, "\n".join(lines)
     assert result.kill_switch_s is not None and result.kill_switch_s < 10
     assert result.untouched_unchanged

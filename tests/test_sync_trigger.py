@@ -13,7 +13,7 @@ from shapes_helpers import execute_as_tenant, load, playbook, scalar
 
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.planner import build_plan
-from rls_migrate.runner import apply_stage, rollback_to
+from rls_migrate.runner import apply_stage, rollback_to, status
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 
@@ -121,8 +121,11 @@ def test_parent_wins_over_the_setting_and_the_conflict_is_recorded(synced: str) 
                       f"INSERT INTO issues (id, project_id, title) VALUES (9001, {project2}, 'x')",
                       f"INSERT INTO issues (id, project_id, title) VALUES (9002, {project2}, 'y')")
     assert tenant_of(synced, "issues", "9001") == 2
-    # One sample per transaction and table (both rows were logged).
+    # One sample per transaction and table.
     assert conflicts(synced) == [("public.issues", "2", "1", "setting")]
+    [reported] = status(synced, playbook())["sync_conflicts"]
+    assert (reported["table_name"], reported["count"]) == ("public.issues", 1)
+    assert reported["sample"][0].endswith(": kept 2, not 1 (setting)")
     # The same tenant in the setting is no conflict.
     execute_as_tenant(synced, 2,
                       f"INSERT INTO issues (id, project_id, title) VALUES (9003, {project2}, 'z')")

@@ -12,6 +12,7 @@ import pytest
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog, QualifiedName
+from rls_migrate.errors import PlaybookError
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import parse_playbook
 from rls_migrate.stages.common import global_uniques
@@ -55,7 +56,7 @@ roles: {{app: {APP}}}
 tables:
   public.accounts: {{strategy: root, column: id}}
   public.articles: {{strategy: direct, column: account_id}}
-  'public."Document"': {{strategy: direct, column: accountId}}
+  'public."Document"': {{strategy: direct, column: '"accountId"'}}  # SQL's syntax
   public.teams: {{strategy: direct, column: account_id}}
   public.tags: {{strategy: derive, parent: team_id -> public.teams(id)}}
 """
@@ -124,6 +125,14 @@ def test_plan_and_verify_report_them(empty_db: str, catalog: Catalog) -> None:
     assert findings["public.accounts"].status == "pass"
 
 
+def test_playbook_columns_in_sql_syntax() -> None:
+    playbook = parse_playbook(PLAYBOOK)
+    plan = playbook.plan_for(QualifiedName("public", "Document"))
+    assert plan is not None and plan.column == "accountId"
+    with pytest.raises(PlaybookError, match="unterminated quoted name"):
+        parse_playbook(PLAYBOOK.replace("""'"accountId"'""", """'"accountId'"""))
+
+
 def test_constraint_backed_index_is_reported_once(empty_db: str) -> None:
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, tenant_id int, email text UNIQUE)")
@@ -143,7 +152,7 @@ def test_tenant_unique_on_unique_indexes_and_rollback(empty_db: str, catalog: Ca
         "public.articles: {strategy: direct, column: account_id}",
         "public.articles: {strategy: direct, column: account_id, tenant_unique: "
         "[[slug], [index_articles_on_lower_title]]}").replace(
-        "{strategy: direct, column: accountId}",
+        "{strategy: direct, column: '\"accountId\"'}",
         "{strategy: direct, column: accountId, tenant_unique: ['\"Document_externalId_key\"']}")
     playbook = parse_playbook(text)
 
@@ -182,3 +191,16 @@ def test_tenant_unique_on_unique_indexes_and_rollback(empty_db: str, catalog: Ca
     rollback_to(empty_db, playbook, "constrain")
     assert definitions() == before
 
+
+
+def test_tenant_unique_naming_nothing_unique_is_one_clear_error(catalog: Catalog) -> None:
+    for wanted, message in (
+            ("[index_articles_on_slgu]", r"tables\.public\.articles\.tenant_unique: table "
+             r"public\.articles has no column, unique index or unique constraint "
+             r"'index_articles_on_slgu' \(did you mean index_articles_on_slug"),
+            ("[articles_pkey]", r"articles_pkey is the primary key")):
+        playbook = parse_playbook(PLAYBOOK.replace(
+            "public.articles: {strategy: direct, column: account_id}",
+            f"public.articles: {{strategy: direct, column: account_id, tenant_unique: {wanted}}}"))
+        with pytest.raises(PlaybookError, match=message):
+            build_plan(catalog, playbook, ["index"])

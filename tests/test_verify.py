@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from enforce_helpers import Sample, clone
+from psycopg import sql
 from version_helpers import major_of, secure_view
 
 from rls_migrate import samples
@@ -266,3 +267,31 @@ def test_view_owned_by_a_role_rls_applies_to_passes(enforced: Sample) -> None:
     view = [f for f in report.findings if f.code == "view-bypasses-rls"]
     assert [f.subject for f in view] == ["public.open_issues"]
     assert f"its owner '{APP}' is subject to RLS" in view[0].message
+
+
+def test_rows_without_a_tenant_are_seen_by_admin_roles_only(enforced: Sample) -> None:
+    """audit_log is kept nullable (a hint whose orphans are skipped): after enforce its rows
+    without a tenant are invisible to the application under any tenant, seen by the admin
+    role, and counted by verify."""
+    with psycopg.connect(enforced.dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM audit_log WHERE tenant_id IS NULL").fetchone()
+        assert row is not None and row[0] > 0
+        orphans = int(row[0])
+
+        def seen(role: str, tenant: str | None) -> int:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                if tenant is not None:
+                    conn.execute("SELECT set_config('app.tenant_id', %s, true)", [tenant])
+                got = conn.execute("SELECT count(*) FROM audit_log WHERE tenant_id IS NULL"
+                                   ).fetchone()
+            return int(got[0]) if got else -1
+
+        assert [seen(APP, t) for t in ("1", "2", None)] == [0, 0, 0]
+        assert seen(samples.ADMIN_ROLE, None) == orphans
+    report = verify(enforced.dsn, enforced.playbook, probe=False)
+    [finding] = [f for f in report.findings
+                 if f.code == "rows-without-tenant" and f.subject == "public.audit_log"]
+    assert finding.status == "warn"
+    assert finding.message.startswith(f"{orphans} row(s) without a tenant, kept nullable")
+    assert samples.ADMIN_ROLE in finding.message

@@ -43,6 +43,8 @@ from rls_migrate.stages.policies import (
     ADMIN_POLICY,
     BASELINE_POLICY,
     TENANT_POLICY,
+    drop_legacy_recorders,
+    install_recorders,
     observe_expression,
     tenant_match,
 )
@@ -167,9 +169,13 @@ def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
                                sql.Identifier(ADMIN_POLICY))
     match = tenant_match(ctx, entry)
     statements: list[sql.Composable] = []
+    # The kill switch installs the recorders it points the policy at: it works even where
+    # they are gone, or are those of an older version.
     inverse: list[sql.Composable] = [
+        *install_recorders(ctx, entry),
         compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})", tenant, ident,
-                observe_expression(ctx, entry, "read"), observe_expression(ctx, entry, "write"))]
+                observe_expression(ctx, entry, "read"), observe_expression(ctx, entry, "write")),
+        *drop_legacy_recorders(ctx, entry)]
     if roles.admin and roles.admin_mode == "bypassrls":
         statements.append(_require_bypassrls(roles.admin))
     statements.append(compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -30,12 +31,15 @@ from rls_migrate.stages.policies import (
     BASELINE_POLICY,
     OPERATIONS,
     TENANT_POLICY,
+    drop_legacy_recorders,
+    install_recorders,
     observe_enables_rls,
     observe_expression,
-    recorder_function,
     recorder_signature,
 )
 from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+
+PARAMETER_SETTING = "log_parameter_max_length_on_error"
 
 
 def _notes(entry: TenantTable, enables: bool) -> list[str]:
@@ -66,24 +70,35 @@ def plan(ctx: PlanContext) -> StagePlan:
         "while observing, statements that read a protected table run without parallel "
         "workers (the recorder keeps a per-statement marker, which parallel mode forbids); "
         "enforce has no recorder",
+        "the recorder runs at most once per statement, table and operation (an InitPlan): "
+        "its counters in pg_stat_user_functions count statements, not rows",
     ]
+    capture = _capture_parameters(ctx)
+    if capture is not None:
+        steps.append(capture)
+        notes.append(
+            f"{PARAMETER_SETTING} = {ctx.playbook.options.observe.capture_parameters} for "
+            f"{ctx.playbook.roles.app} in this database (options.observe.capture_parameters): "
+            "the server log gets the bound parameters of each recorded statement, for "
+            "report --confirm. New sessions pick it up (restart pooled connections); errors "
+            "the application receives carry a CONTEXT line with their parameters too; "
+            "rollback of observe resets it")
+    else:
+        notes.append("options.observe.capture_parameters is 0: statements sent with bound "
+                     "parameters cannot be replayed, and the enforce gate refuses them as "
+                     "unconfirmable")
     for entry in (e for t in ctx.tenant_tables for e in with_partitions(ctx, t)):
         ident = entry.ident
         enables = observe_enables_rls(entry)
         notes += _notes(entry, enables)
-        statements: list[sql.Composable] = []
-        for operation in OPERATIONS:
-            statements += [
-                recorder_function(ctx, entry, operation),
-                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(
-                    recorder_signature(ctx, entry, operation)),
-            ]
+        statements: list[sql.Composable] = install_recorders(ctx, entry)
         statements += [
             sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(tenant_policy, ident),
             sql.SQL("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({}) WITH CHECK ({})"
                     ).format(tenant_policy, ident, app,
                              observe_expression(ctx, entry, "read"),
                              observe_expression(ctx, entry, "write")),
+            *drop_legacy_recorders(ctx, entry),
         ]
         inverse: list[sql.Composable] = []
         if enables:
@@ -120,3 +135,45 @@ def plan(ctx: PlanContext) -> StagePlan:
             why="the team sees every statement that would break before anything is enforced",
         ))
     return StagePlan("observe", tuple(steps), tuple(notes))
+
+
+def _role_setting(role: str, value: int | None) -> sql.Composed:
+    """``ALTER ROLE <app> IN DATABASE <this one> SET|RESET ...``: the database is whichever
+    the step runs in, so the statement is built on the server (format %I)."""
+    if value is None:
+        body = compose("BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I RESET {}', {},"
+                       " current_database()); END", sql.SQL(PARAMETER_SETTING), sql.Literal(role))
+    else:
+        body = compose("BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET {} = %s', {},"
+                       " current_database(), {}); END", sql.SQL(PARAMETER_SETTING),
+                       sql.Literal(role), sql.Literal(value))
+    return compose("DO {}", sql.Literal(body.as_string(None)))
+
+
+def _capture_parameters(ctx: PlanContext) -> Step | None:
+    """The application role's sessions log the bound parameters of a statement with any
+    message it raises, the recorder's LOG line included."""
+    size = ctx.playbook.options.observe.capture_parameters
+    if not size:
+        return None
+    role = ctx.playbook.roles.app
+    return Step(
+        id="observe:capture-parameters",
+        stage="observe",
+        kind="observe_parameters",
+        table=None,
+        description=f"ALTER ROLE {role} IN DATABASE <this one> SET {PARAMETER_SETTING} = "
+                    f"{size} (bound parameters of recorded statements in the server log)",
+        statements=(_role_setting(role, size),),
+        lock=Lock.NONE,
+        done_check=exists_sql(compose(
+            "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+            " WHERE d.datname = current_database() AND s.setrole = to_regrole({})"
+            " AND {} = ANY (s.setconfig)", sql.Literal(role),
+            sql.Literal(f"{PARAMETER_SETTING}={size}"))),
+        inverse=(_role_setting(role, None),),
+        inverse_lock=Lock.NONE,
+        estimate=Estimate(seconds=0.01),
+        why="a statement sent with parameters can only be replayed (report --confirm) with "
+            "them",
+    )

@@ -92,8 +92,10 @@ def watch_step(ctx: PlanContext, entry: TenantTable) -> Step:
             *(compose("CREATE SEQUENCE IF NOT EXISTS {} MINVALUE 0", probe_sequence(entry, k))
               for k in ("missing", "since", "base")),
             _do(_restart(entry)),
+            # SECURITY DEFINER: it fires in the application's inserts, and the application
+            # role has no rights on the toolkit's schema (nor should it).
             compose("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
-                    " SET search_path = pg_catalog, pg_temp AS {body}", fn=fn,
+                    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}", fn=fn,
                     body=sql.Literal(compose("BEGIN PERFORM nextval({}); RETURN NEW; END",
                                              sql.Literal(seq.as_string(None))).as_string(None))),
             compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),

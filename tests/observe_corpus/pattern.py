@@ -63,8 +63,14 @@ class Pattern:
 
     @property
     def text_sql(self) -> str:
-        """``sql`` with SQLAlchemy ``text()`` placeholders (``:name``)."""
-        return re.sub(r"%\((\w+)\)s", r":\1", self.sql)
+        """``sql`` with SQLAlchemy ``text()`` placeholders (``:name``, and ``%`` for
+        psycopg's ``%%``: SQLAlchemy escapes it itself)."""
+        return to_text(self.sql)
+
+
+def to_text(statement: str) -> str:
+    """psycopg's ``%(name)s`` placeholders as SQLAlchemy ``text()``'s ``:name``."""
+    return re.sub(r"%\((\w+)\)s", r":\1", statement).replace("%%", "%")
 
 
 def by_name(patterns: Sequence[Pattern]) -> dict[str, Pattern]:

@@ -175,4 +175,6 @@ def test_every_wrong_path_closes_the_gate_confirmed(wrong_run: WrongRun) -> None
     assert {k: v for k, v in unconfirmed.items() if k not in known} == {}, (
         "wrong paths the gate does not confirm")
     assert sorted(known - set(unconfirmed)) == [], "fixed: drop their `known` mark"
+    # Even a known one must keep the gate closed.
+    assert [k for k in known if not any(g.blocks for g in found[k])] == []
     assert wrong_run.refusal is not None

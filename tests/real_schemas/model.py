@@ -60,15 +60,15 @@ class RealSchema:
         with psycopg.connect(dsn, autocommit=True) as conn:
             samples.ensure_roles(conn)  # cluster-wide: in their own transactions
         with psycopg.connect(dsn) as conn:
-            for statement in self.ddl:
-                conn.execute(statement.encode())
+            conn.execute(";\n".join(self.ddl).encode())  # one round trip (simple protocol)
             grant(conn)
             counts = fill(conn, self.fill)
             if self.history is not None:
                 self.history(conn)
             conn.commit()
             conn.autocommit = True
-            conn.execute("ANALYZE")
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(
+                sql.Identifier("public", t) for t in counts)))
         return counts
 
 

@@ -111,6 +111,21 @@ def write_as_app(dsn: str, schema: RealSchema, tenant_keys: Sequence[Any], *,
             write(conn, schema, tenant, enforced=enforced)
 
 
+def without_tenant(dsn: str, playbook: Playbook) -> set[str]:
+    """The tenant tables that hold rows without a tenant."""
+    found = set()
+    with psycopg.connect(dsn) as conn:
+        for qname, _ in playbook.table_plans():
+            column = playbook.tenant_column(qname)
+            if column is None:
+                continue
+            row = conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {} IS NULL)").format(
+                qname.ident, sql.Identifier(column))).fetchone()
+            if row and row[0]:
+                found.add(str(qname))
+    return found
+
+
 def rls_left(dsn: str) -> tuple[int, int, int]:
     """(tables with RLS on, policies, rls_migrate triggers) left in ``public``."""
     with psycopg.connect(dsn) as conn:
@@ -150,6 +165,9 @@ def run(dsn: str, schema: RealSchema, outcome: Outcome) -> None:
     outcome.ok("app writes after enforce")
     report = verify(dsn, playbook)
     assert report.ok, [f"{f.code} {f.subject}: {f.message}" for f in report.failures]
+    # The rows the playbook leaves without a tenant (nullable: true) are named, with a count.
+    warned = {f.subject for f in report.warnings if f.code == "rows-without-tenant"}
+    assert warned == without_tenant(dsn, playbook) != set(), report.warnings
     outcome.ok("verify")
     with psycopg.connect(dsn) as conn:
         catalog = Catalog.load(conn, schemas=playbook.schemas)

@@ -26,8 +26,9 @@ from rls_migrate.stages.policies import (
     BASELINE_POLICY,
     OPERATIONS,
     TENANT_POLICY,
+    drop_legacy_recorders,
+    install_recorders,
     observe_expression,
-    recorder_function,
     recorder_signature,
     tenant_match,
 )
@@ -187,12 +188,7 @@ class EnforceTenantPolicyOp(PolicyOp):
 
 
 def _recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
-    out: list[sql.Composable] = []
-    for operation in OPERATIONS:
-        out += [recorder_function(ctx, entry, operation),
-                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(
-                    recorder_signature(ctx, entry, operation))]
-    return out
+    return install_recorders(ctx, entry)
 
 
 def _policy_statements(kind: str, mode: str, spec: PolicySpec, ctx: PlanContext,
@@ -207,7 +203,8 @@ def _policy_statements(kind: str, mode: str, spec: PolicySpec, ctx: PlanContext,
                 *([sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(base, ident)]
                   if spec.baseline else []),
                 *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(
-                    recorder_signature(ctx, entry, operation)) for operation in OPERATIONS)]
+                    recorder_signature(ctx, entry, operation)) for operation in OPERATIONS),
+                *drop_legacy_recorders(ctx, entry)]
     out: list[sql.Composable] = []
     if mode == "observe":
         out += _recorders(ctx, entry)
@@ -233,6 +230,8 @@ def _policy_statements(kind: str, mode: str, spec: PolicySpec, ctx: PlanContext,
         if spec.baseline:
             out.append(sql.SQL("ALTER POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})").format(
                 base, ident, base_role, base_expr, base_expr))
+    if mode == "observe":
+        out += drop_legacy_recorders(ctx, entry)
     return out
 
 
