@@ -65,6 +65,8 @@ def normalize_statement(text: str) -> str:
     out = re.sub(r"\s+", " ", _TOKEN.sub(replace, text))
     out = re.sub(r",(?=\S)", ", ", re.sub(r" ([,)])", r"\1", out.replace("( ", "(")))
     out = _LISTS.sub("(?, ...)", out)
+    # A server-side cursor's name changes from run to run (SQLAlchemy's c_7f17..._1).
+    out = re.sub(r'^\s*DECLARE\s+(?:"(?:[^"]|"")+"|\w+)', "DECLARE ?", out, flags=re.I)
     return out.strip().rstrip(";").strip()
 
 

@@ -69,6 +69,18 @@ def _code(statement: str) -> str:
                      else "''", statement)
 
 
+_DECLARE = re.compile(r"^\s*DECLARE\s+(?:\"(?:[^\"]|\"\")+\"|\w+)\s+(?:BINARY\s+)?"
+                      r"(?:(?:ASENSITIVE|INSENSITIVE)\s+)?(?:(?:NO\s+)?SCROLL\s+)?CURSOR\s+"
+                      r"(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+", re.I)
+
+
+def declared_query(statement: str) -> str:
+    """The query of ``DECLARE c CURSOR FOR <query>`` (what a server-side cursor records),
+    else the statement itself."""
+    match = _DECLARE.match(statement)
+    return statement[match.end():] if match else statement
+
+
 def statement_count(statement: str) -> int:
     return sum(1 for part in _code(statement).split(";") if part.strip())
 
@@ -331,8 +343,9 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
             if v.context:
                 conn.execute("SELECT set_config(%s, %s, true)", [settings.setting, v.context])
+            query = declared_query(v.statement)
             try:
-                observed = _execute(conn, v.statement, v.parameters)
+                observed = _execute(conn, query, v.parameters)
             except _TooBig as big:
                 return result(UNCONFIRMABLE, f"returns {big.rows:,} rows, more than "
                                              f"{MAX_ROWS:,} are not compared")
@@ -343,7 +356,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 return result(UNCONFIRMABLE, f"the replay failed: {_first_line(exc)}")
             conn.execute("SELECT set_config(%s, 'enforce', true)", [MODE_SETTING])
             try:
-                enforced = _execute(conn, v.statement, v.parameters)
+                enforced = _execute(conn, query, v.parameters)
             except psycopg.errors.InsufficientPrivilege as exc:
                 if "row-level security" in str(exc):
                     return result(CONFIRMED, "enforced, the write is refused: "

@@ -280,3 +280,20 @@ def test_log_lines_are_keyed_by_database_identity(db: ObserveDb, tmp_path: Path)
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         report = build_report(conn, db.playbook, None, logs=[log])
     assert {g.application_name for g in report.groups} == {"this-one", "version-1-line"}
+
+
+def test_a_server_side_cursor_records_and_replays_its_query(db: ObserveDb) -> None:
+    project = db.scalar("SELECT min(id) FROM projects WHERE account_id = 1")
+    with db.app("streamed") as conn:
+        for name in ("c_first_run", "c_second_run"):  # a new cursor name every run
+            with tenant_transaction(conn, 1):
+                conn.execute("SET LOCAL enable_nestloop = off")
+                conn.execute("SET LOCAL enable_mergejoin = off")
+                with conn.cursor(name=name) as cur:
+                    cur.execute(f"SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
+                                f" WHERE i.project_id = {int(project)}")  # type: ignore[arg-type, unused-ignore]
+                    cur.fetchmany(5)
+    report = report_of(db, confirm_groups=True)
+    (group,) = report.groups  # one group: the query, not the cursor's name
+    assert group.statement.startswith("DECLARE ? ") and group.count == 2
+    assert group.verdict is not None and group.verdict.verdict == HARMLESS, group.verdict
