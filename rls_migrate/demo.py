@@ -216,16 +216,17 @@ def run_demo(*, scale: float, keep: bool, workdir: Path, echo: Echo, naive: bool
         playbook = sample_playbook(catalog, graph)
         playbook = playbook.model_copy(update={"roles": playbook.roles.model_copy(
             update={"admin": (samples.ADMIN_ROLE,)})})
-        if server.log_path is not None:
-            # report and the gate read the bound parameters of recorded statements there.
-            observe = playbook.options.observe.model_copy(
-                update={"logs": (str(server.log_path),)})
-            playbook = playbook.model_copy(update={"options": playbook.options.model_copy(
-                update={"observe": observe})})
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "demo.yaml"
         path.write_text("# Written by `rls-migrate demo` from init's output, TODOs decided.\n"
                         + dump_playbook(playbook))
+        if server.log_path is not None:
+            # report and the gate read the bound parameters of recorded statements there
+            # (not in the file written above: the server and its log are temporary).
+            observe = playbook.options.observe.model_copy(
+                update={"logs": (str(server.log_path),)})
+            playbook = playbook.model_copy(update={"options": playbook.options.model_copy(
+                update={"observe": observe})})
         counts = graph.counts()
         echo(f"init: {', '.join(f'{n} {k}' for k, n in counts.items() if n)} -> {path} "
              f"(audit_log decided: {AUDIT_LOG_HINT})")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from rls_migrate.connect import DSN_HELP
-from rls_migrate.replay import describe_parameters
+from rls_migrate.replay import describe_parameters, placeholder_count
 from rls_migrate.report import Group, Report, build_report, describe_window, parse_since
 
 
@@ -36,8 +36,10 @@ def example_line(g: Group, show_parameters: bool = False) -> str:
     ex = g.example
     ctx = "no tenant set" if not ex.context else f"tenant {ex.context}"
     ro = ", read-only" if ex.read_only else ""
+    params = (describe_parameters(ex.parameters, show_parameters)
+              if ex.parameters is not None or placeholder_count(ex.statement) else "none")
     return (f"{ctx}{ro}, session_user {ex.session_user}, pid {ex.pid}, parameters "
-            f"{describe_parameters(ex.parameters, show_parameters)}: {ex.statement[:300]!r}")
+            f"{params}: {ex.statement[:300]!r}")
 
 
 def verdict_line(g: Group) -> str:
