@@ -155,7 +155,7 @@ def parse_column(text: str) -> str:
     playbook key that names a column. Raises ValueError on a malformed quoted name."""
     stripped = text.strip()
     if not stripped.startswith('"'):
-        return stripped
+        return text  # as written: a bare name may itself end in a space ("trail ")
     parts = split_qualified(stripped)
     if len(parts) != 1:
         raise ValueError(f"expected one column name, got {text!r}")

@@ -188,6 +188,8 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
               default="text", show_default=True,
               help="text for terminals, markdown for pull requests, json for automation, "
                    "sql for a runnable psql script")
+@click.option("--pretty", is_flag=True,
+              help="with --format json: indented, instead of one line per step")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write to a file instead of stdout")
 @click.option("--target", type=click.Choice(["rls", "citus"]), default="rls",
@@ -197,7 +199,7 @@ def _load(playbook_path: Path, dsn: str | None) -> tuple[Any, str]:
 @click.option("--no-preflight", is_flag=True,
               help="skip the data preflight (one scan per tenant table counting NULL tenant "
                    "keys, NULL links and orphans, with sample keys)")
-def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
+def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pretty: bool,
          output: Path | None, target: str, no_preflight: bool) -> None:
     """Dry run: every statement, the lock it takes and what that blocks, estimates, risks.
 
@@ -209,13 +211,16 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
       rls-migrate plan playbooks/app.yaml
       rls-migrate plan playbooks/app.yaml --stage backfill --format markdown > plan.md
       rls-migrate plan playbooks/app.yaml --format sql -o plan.sql
+      rls-migrate plan playbooks/app.yaml --format json | jq -c '.stages[].steps[].id'
       rls-migrate plan playbooks/app.yaml --no-preflight     catalog only, no table scans
       rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
       rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
-    from rls_migrate.render import RENDERERS
+    from rls_migrate.render import RENDERERS, render_json
 
+    if pretty and (fmt != "json" or target != "rls"):
+        raise UsageError("--pretty applies to --format json only")
     if target == "citus" and stages:
         raise UsageError("--stage does not go with --target citus (the readiness report "
                          "covers every table)")
@@ -234,7 +239,14 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str,
                 from rls_migrate.preflight import with_preflight
 
                 the_plan = with_preflight(conn, catalog, pb, the_plan)
-            text = RENDERERS[fmt](the_plan, catalog, conn)
+            if pretty:
+                text = render_json(the_plan, catalog, conn, pretty=True)
+            else:
+                text = RENDERERS[fmt](the_plan, catalog, conn)
+            # Freed by reference counting while the cyclic collector is still off: back on
+            # with the plan alive, its first pass would walk a million objects for nothing.
+            del the_plan
+        del catalog
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")

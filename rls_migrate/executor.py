@@ -64,21 +64,25 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
-from structlog.typing import FilteringBoundLogger
 
-from rls_migrate import logs
 from rls_migrate.errors import RlsMigrateError, StepFailed
-from rls_migrate.journal import Journal
 from rls_migrate.lockholders import describe_holder, lock_holders
 from rls_migrate.playbook import Options
 from rls_migrate.progress import ProgressHook
 from rls_migrate.steps import Lock, StagePlan, Step
+
+if TYPE_CHECKING:
+    # Not at run time: planning imports the stages, which register their kind handlers
+    # here, and `rls-migrate plan` should not pay for structlog and the journal it never uses.
+    from structlog.typing import FilteringBoundLogger
+
+    from rls_migrate.journal import Journal
 
 T = TypeVar("T")
 Conn: TypeAlias = psycopg.Connection[Any]
@@ -260,7 +264,11 @@ class Executor:
         self.conn = conn
         self.options = options
         self.journal = journal
-        self.log = logger if logger is not None else logs.get_logger()
+        if logger is None:
+            from rls_migrate import logs
+
+            logger = logs.get_logger()
+        self.log = logger
         self.progress = progress
         self.sleep = sleep
         self.rng = rng if rng is not None else random.Random()

@@ -25,7 +25,9 @@ Each table is one scan (reads only) (the chain to the tenant probed by index per
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -183,6 +185,44 @@ def run_preflight(conn: psycopg.Connection[Any], ctx: PlanContext,
                   tables: frozenset[QualifiedName] | None = None) -> list[TableFindings]:
     """Count and sample the rows without a tenant in every tenant table (or ``tables``),
     parents first. Read-only; each table under :data:`STATEMENT_TIMEOUT_MS`."""
+    with _session_timeout(conn):
+        return _findings(conn, ctx, tables)
+
+
+@contextlib.contextmanager
+def _session_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """In autocommit, :data:`STATEMENT_TIMEOUT_MS` set once for the session (and restored):
+    each table's queries then run as plain statements, one round trip each, instead of a
+    transaction of four round trips. Otherwise each table gets its own transaction (see
+    :func:`_under_timeout`)."""
+    if not conn.autocommit:
+        yield
+        return
+    row = conn.execute("SELECT current_setting('statement_timeout'),"
+                       " set_config('statement_timeout', %s, false)",
+                       [str(STATEMENT_TIMEOUT_MS)]).fetchone()
+    try:
+        yield
+    finally:
+        if row is not None and not conn.broken:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", [row[0]])
+
+
+@contextlib.contextmanager
+def _under_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One table's queries under :data:`STATEMENT_TIMEOUT_MS`: already so for the session in
+    autocommit (:func:`_session_timeout`), else in a transaction of their own."""
+    if conn.autocommit:
+        yield
+        return
+    with conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                     [str(STATEMENT_TIMEOUT_MS)])
+        yield
+
+
+def _findings(conn: psycopg.Connection[Any], ctx: PlanContext,
+              tables: frozenset[QualifiedName] | None) -> list[TableFindings]:
     present = _columns_present(conn, ctx)
     conflicts = sync_conflicts(conn)
     findings = []
@@ -200,9 +240,7 @@ def run_preflight(conn: psycopg.Connection[Any], ctx: PlanContext,
             continue
         queries = table_queries(ctx, entry, present)
         try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('statement_timeout', %s, true)",
-                             [str(STATEMENT_TIMEOUT_MS)])
+            with _under_timeout(conn):
                 counts = conn.execute(queries["count"]).fetchone()
                 assert counts is not None
                 values: dict[str, Any] = {}

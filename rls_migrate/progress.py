@@ -7,7 +7,6 @@ import sys
 from types import TracebackType
 from typing import Protocol, TextIO
 
-from rls_migrate import logs
 from rls_migrate.steps import Step
 
 
@@ -88,6 +87,8 @@ class RichProgress:
 def make_progress(stream: TextIO | None = None) -> RichProgress | None:
     """A progress display, or None when it would garble the output: JSON logs, or a stream
     that is not a terminal."""
+    from rls_migrate import logs
+
     out = stream if stream is not None else sys.stderr
     if logs.log_format() == "json":
         return None

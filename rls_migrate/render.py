@@ -1,7 +1,8 @@
 """Plan renderers: text (for terminals), markdown (for pull requests), json (for
 automation; shape below), sql (a runnable script). Renderers only render steps.
 
-JSON shape (``"format": 1``)::
+JSON is compact: the plan's own keys and each stage's on one line, then one line per step
+(``pretty=True``, ``--pretty``: indented). Shape (``"format": 1``)::
 
     {"format": 1, "database": str, "server_version": str, "risks": [str],
      "stages": [{"name": str, "notes": [str],
@@ -22,18 +23,28 @@ from collections.abc import Callable
 from typing import Any
 
 from rls_migrate.catalog import Catalog
-from rls_migrate.steps import Plan, Step, as_string
+from rls_migrate.sqlcompose import SqlText
+from rls_migrate.steps import Estimate, Plan, Step
 
 Renderer = Callable[[Plan, Catalog, Any], str]
 
 
-def _statements(step: Step, conn: Any) -> list[str]:
+_ESTIMATE_FIELDS = tuple(f.name for f in dataclasses.fields(Estimate))
+
+
+def _estimate(estimate: Estimate) -> dict[str, Any]:
+    """``dataclasses.asdict`` without its deep copies (the fields are numbers)."""
+    return {name: getattr(estimate, name) for name in _ESTIMATE_FIELDS}
+
+
+def _statements(step: Step, text: SqlText) -> list[str]:
     if step.backfill is not None:
-        return [as_string(step.backfill.batch_sql, conn)]
-    return [as_string(s, conn) for s in step.statements]
+        return [text(step.backfill.batch_sql)]
+    return [text(s) for s in step.statements]
 
 
 def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
+    text = SqlText(conn)
     return {
         "format": 1,
         "database": catalog.database,
@@ -43,7 +54,7 @@ def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
             {
                 "name": stage.name,
                 "notes": list(stage.notes),
-                "estimate": dataclasses.asdict(stage.estimate),
+                "estimate": _estimate(stage.estimate),
                 "steps": [
                     {
                         "id": step.id,
@@ -54,9 +65,9 @@ def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
                         "lock": step.lock.label,
                         "blocks": step.lock.blocks,
                         "transactional": step.transactional,
-                        "statements": _statements(step, conn),
-                        "inverse": [as_string(s, conn) for s in step.inverse],
-                        "estimate": dataclasses.asdict(step.estimate),
+                        "statements": _statements(step, text),
+                        "inverse": [text(s) for s in step.inverse],
+                        "estimate": _estimate(step.estimate),
                         "risks": list(step.risks),
                     }
                     for step in stage.steps
@@ -67,8 +78,28 @@ def to_dict(plan: Plan, catalog: Catalog, conn: Any = None) -> dict[str, Any]:
     }
 
 
-def render_json(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
-    return json.dumps(to_dict(plan, catalog, conn), indent=2) + "\n"
+def render_json(plan: Plan, catalog: Catalog, conn: Any = None, *, pretty: bool = False) -> str:
+    """One line for the plan's keys, one per stage's, one per step: a diff shows which steps
+    changed, ``jq`` reads it as any JSON, and it is written in a fraction of the time of an
+    indented dump (which runs the pure-Python encoder: seconds for 10,000 steps)."""
+    data = to_dict(plan, catalog, conn)
+    if pretty:
+        return json.dumps(data, indent=2) + "\n"
+    dump = json.JSONEncoder(separators=(",", ":")).encode
+    stages = data.pop("stages")
+    lines = [dump(data)[:-1] + ',"stages":[']
+    for n, stage in enumerate(stages):
+        steps = [dump(step) for step in stage.pop("steps")]
+        end = "]}" + ("," if n < len(stages) - 1 else "")
+        head = dump(stage)[:-1] + ',"steps":['
+        if not steps:
+            lines.append(head + end)
+            continue
+        lines.append(head)
+        lines += [s + "," for s in steps[:-1]]
+        lines.append(steps[-1] + end)
+    lines.append("]}")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -80,6 +111,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def render_markdown(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
+    text = SqlText(conn)
     out = [f"# rls-migrate plan for `{catalog.database}` (PostgreSQL {catalog.server_version})",
            ""]
     if plan.risks:
@@ -101,7 +133,7 @@ def render_markdown(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
                 for risk in step.risks:
                     out.append(f"- risk: {risk}")
                 out.append("```sql")
-                out += [s + ";" for s in _statements(step, conn)]
+                out += [s + ";" for s in _statements(step, text)]
                 out += ["```", "</details>", ""]
     return "\n".join(out) + "\n"
 
@@ -117,6 +149,7 @@ def render_sql(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
     lock_timeout (no retries here: a step that times out stops the script);
     CONCURRENTLY statements run outside any transaction. Backfills run as one UPDATE here:
     ``rls-migrate apply`` runs them in short batches instead."""
+    text = SqlText(conn)
     out = [_comment(f"rls-migrate plan for {catalog.database} "
                     f"(PostgreSQL {catalog.server_version})"),
            "-- Run with: psql -v ON_ERROR_STOP=1 -f plan.sql", "\\set ON_ERROR_STOP on", ""]
@@ -126,13 +159,13 @@ def render_sql(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
             out.append(_comment(f"{step.id}: {step.description} [{step.lock.label}]"))
             if step.backfill is not None:
                 out += ["-- one statement here; rls-migrate apply runs it in batches", "BEGIN;",
-                        as_string(step.backfill.single_statement_sql, conn) + ";", "COMMIT;"]
+                        text(step.backfill.single_statement_sql) + ";", "COMMIT;"]
             elif step.transactional:
                 out += ["BEGIN;", f"SET LOCAL lock_timeout = '{plan.lock_timeout_ms:g}ms';"]
-                out += [as_string(s, conn) + ";" for s in step.statements]
+                out += [text(s) + ";" for s in step.statements]
                 out.append("COMMIT;")
             else:
-                out += [as_string(s, conn) + ";" for s in step.statements]
+                out += [text(s) + ";" for s in step.statements]
             out.append("")
     return "\n".join(out)
 
@@ -179,12 +212,19 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     def line(left: str, mid: str, right: str) -> str:
         return left + mid.join("─" * (w + 2) for w in widths) + right
 
+    wrapped: dict[tuple[str, int], list[str]] = {}
+
     def wrap(cell: str, width: int) -> list[str]:
         if len(cell) <= width and "\n" not in cell:
             return [cell]
-        return [part for paragraph in cell.split("\n") for part in
+        # Most long cells repeat (the same description for every table): wrap each once.
+        lines = wrapped.get((cell, width))
+        if lines is None:
+            lines = wrapped[cell, width] = [
+                part for paragraph in cell.split("\n") for part in
                 (textwrap.wrap(paragraph, width, break_long_words=True,
                                break_on_hyphens=False) or [""])]
+        return lines
 
     def cells(row: tuple[str, ...]) -> list[str]:
         columns = [wrap(cell, width) for cell, width in zip(row, widths, strict=True)]

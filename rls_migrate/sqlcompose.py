@@ -1,4 +1,5 @@
-"""``compose(template, *args, **kwargs)``: ``sql.SQL(template).format(...)`` for hot paths.
+"""``compose(template, *args, **kwargs)``: ``sql.SQL(template).format(...)`` for hot paths;
+:class:`SqlText`: ``statement.as_string(conn)`` for many statements.
 
 Same placeholders (``{}``, ``{0}``, ``{name}``, ``{{``/``}}`` escapes) and the same result
 (a ``sql.Composed`` whose values are Composables), but the template is parsed once and
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import string
-from typing import LiteralString
+from typing import Any, LiteralString, cast
 
 from psycopg import sql
 
@@ -63,3 +64,42 @@ def _escaped(part: sql.Composable) -> sql.Composable:
         if "%" in text:
             return sql.SQL(text.replace("%", "%%"))
     return part
+
+
+class SqlText:
+    """Statements as text, exactly as ``statement.as_string(conn)`` renders them, for many
+    statements at once: SQL fragments are taken as they are, and each distinct identifier or
+    literal is rendered by psycopg once (with ``conn``: exact quoting) and reused. A plan of
+    1,000 tables holds about 400,000 pieces, mostly the same few thousand identifiers, and
+    ``as_string`` looks the connection's encoding up again for every piece."""
+
+    def __init__(self, conn: Any = None) -> None:
+        self.conn = conn
+        self._pieces: dict[str, str] = {}
+
+    def __call__(self, statement: sql.Composable) -> str:
+        out: list[str] = []
+        append, pieces, conn = out.append, self._pieces, self.conn
+        # Depth first without recursion: a stack of the Composed being walked.
+        stack = [iter((statement,))]
+        while stack:
+            part = next(stack[-1], None)
+            if part is None:
+                stack.pop()
+                continue
+            kind = type(part)
+            if kind is sql.Composed:
+                stack.append(iter(cast(sql.Composed, part)))
+            elif kind is sql.SQL:
+                append(part.as_string(conn))
+            elif kind is sql.Identifier or kind is sql.Literal:
+                # The repr names the class and the value (its type too: Literal(1) is not
+                # Literal(True)), so equal reprs render the same.
+                key = repr(part)
+                text = pieces.get(key)
+                if text is None:
+                    text = pieces[key] = part.as_string(conn)
+                append(text)
+            else:
+                append(part.as_string(conn))
+        return "".join(out)

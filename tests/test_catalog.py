@@ -491,3 +491,14 @@ def test_display_round_trips(schema: str, name: str) -> None:
     qname = QualifiedName(schema, name)
     assert QualifiedName.parse(str(qname)) == qname
     assert QualifiedName.parse(qname.short, default_schema=schema) == qname
+
+
+def test_parse_column_quoted_unquoted_and_as_written() -> None:
+    from rls_migrate.catalog import parse_column
+
+    assert parse_column('"organisationId"') == "organisationId"
+    assert parse_column('"a""b"') == 'a"b'
+    assert parse_column("organisationId") == "organisationId"  # bare: not folded
+    assert parse_column("trail ") == "trail "  # bare: a trailing space is part of the name
+    with pytest.raises(ValueError, match="one column name"):
+        parse_column('"s"."t"')

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from rls_migrate import samples
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.cli import cli
+from rls_migrate.cli import cli, main
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import dump_playbook
 from rls_migrate.render import render_sql
@@ -39,6 +39,7 @@ ESTIMATE_KEYS = {"rows", "bytes", "seconds"}
 
 IN_PROCESS = {
     "json": ["--format", "json"],
+    "json-pretty": ["--format", "json", "--pretty"],
     "markdown": ["--format", "markdown"],
     "text": ["--format", "text"],
     "backfill-text": ["--stage", "backfill"],
@@ -260,6 +261,29 @@ def test_json_has_the_documented_shape(outputs: Outputs) -> None:
         'ALTER TABLE "public"."issues" ADD COLUMN IF NOT EXISTS "tenant_id" bigint']
     assert (issues["lock"], issues["transactional"]) == ("ACCESS EXCLUSIVE", True)
     assert any("audit_log has no primary key" in r for r in data["risks"])
+
+
+def test_json_is_one_line_per_step_unless_pretty(outputs: Outputs) -> None:
+    compact = outputs.runs["json"].stdout
+    data = json.loads(compact)
+    steps = [step for stage in data["stages"] for step in stage["steps"]]
+    lines = compact.splitlines()
+    # The plan's keys, one line per stage and per step, the closing brackets.
+    assert len(lines) == 1 + len(data["stages"]) + len(steps) + 1
+    decode = json.JSONDecoder().raw_decode
+    assert [decode(line)[0] for line in lines if line.startswith('{"id":')] == steps
+    assert not any(line.startswith(" ") for line in lines)
+    pretty = outputs.runs["json-pretty"].stdout
+    assert json.loads(pretty) == data
+    assert '\n  "stages": [' in pretty
+
+
+def test_pretty_is_for_json_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", str(tmp_path / "app.yaml"), "--format", "text", "--pretty"])
+    assert exited.value.code == 2
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "error: --pretty applies to --format json only\n")
 
 
 def test_markdown_has_a_table_per_stage(outputs: Outputs) -> None:

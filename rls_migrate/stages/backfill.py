@@ -30,7 +30,7 @@ from psycopg import sql
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.playbook import Options
-from rls_migrate.sqlcompose import for_params
+from rls_migrate.sqlcompose import compose, for_params
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -52,14 +52,14 @@ def _key_expr(columns: Sequence[str], alias: str) -> sql.Composable:
     parts = [sql.Identifier(alias, c) for c in columns]
     if len(parts) == 1:
         return parts[0]
-    return sql.SQL("({})").format(sql.SQL(", ").join(parts))
+    return compose("({})", sql.SQL(", ").join(parts))
 
 
 def _params(types: Sequence[str]) -> sql.Composable:
-    parts = [sql.SQL("%s::{}").format(sql.SQL(t)) for t in types]
+    parts = [compose("%s::{}", sql.SQL(t)) for t in types]
     if len(parts) == 1:
         return parts[0]
-    return sql.SQL("({})").format(sql.SQL(", ").join(parts))
+    return compose("({})", sql.SQL(", ").join(parts))
 
 
 def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, first: bool
@@ -68,12 +68,12 @@ def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, firs
     ``key <= hi`` for the first batch; ``lo`` and ``hi`` are typed placeholders."""
     key = _key_expr(columns, alias)
     if first:
-        return sql.SQL("{} <= {}").format(key, _params(types))
-    return sql.SQL("{} > {} AND {} <= {}").format(key, _params(types), key, _params(types))
+        return compose("{} <= {}", key, _params(types))
+    return compose("{} > {} AND {} <= {}", key, _params(types), key, _params(types))
 
 
 def _key_text(columns: Sequence[str], alias: str) -> sql.Composed:
-    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c))
+    return sql.SQL(", ").join(compose("{}::text", sql.Identifier(alias, c))
                               for c in columns)
 
 
@@ -87,12 +87,12 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     # The parent's tenant as this table's column type (an integer root under bigint
     # parents, a text key): cast where the two differ.
     ptenant = ctx.parent_tenant_sql(entry)
-    fill = sql.SQL("UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p WHERE {match}"
-                   ).format(t=t, col=col, ptenant=ptenant, parent=parent, match=match)
+    fill = compose("UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p WHERE {match}",
+                   t=t, col=col, ptenant=ptenant, parent=parent, match=match)
     # A row whose parent is gone, or whose parent has no tenant either, cannot get one.
-    no_parent = sql.SQL(
-        "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)"
-    ).format(parent=parent, match=match, pcol=sql.Identifier(entry.parent_column))
+    no_parent = compose(
+        "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)",
+        parent=parent, match=match, pcol=sql.Identifier(entry.parent_column))
     ahead: Query
     first_ahead: Query
     max_key: Query
@@ -113,7 +113,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
             head = (_gathering_fill(ctx, entry, t, col, parent, match,
                                     _key_range(keys, types, "k", first=first))
                     if gather else fill)
-            return sql.SQL("{} AND {} AND c.{} IS NULL").format(
+            return compose("{} AND {} AND c.{} IS NULL",
                 head, _key_range(keys, types, "c", first=first), col)
 
         batch, first = fill_range(False), fill_range(True)
@@ -125,17 +125,17 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         def key_ahead(first: bool) -> sql.Composed:
             # The key `size` rows after lo (from the start for the first batch), within the
             # pass's bound.
-            return sql.SQL(
-                "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1"
-            ).format(txt=_key_text(keys, "c"), t=t, order=order,
-                     range=_key_range(keys, types, "c", first=first))
+            return compose(
+                "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1",
+                txt=_key_text(keys, "c"), t=t, order=order,
+                range=_key_range(keys, types, "c", first=first))
 
         ahead, first_ahead = key_ahead(False), key_ahead(True)
-        max_key = sql.SQL("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1").format(
-            txt=_key_text(keys, "c"), t=t,
-            desc=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier("c", k))
-                                    for k in keys))
-        sample_key = sql.SQL("concat_ws(',', {})").format(_key_text(keys, "c"))
+        max_key = compose("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1",
+                          txt=_key_text(keys, "c"), t=t,
+                          desc=sql.SQL(", ").join(compose("{} DESC", sql.Identifier("c", k))
+                                                  for k in keys))
+        sample_key = compose("concat_ws(',', {})", _key_text(keys, "c"))
         uses_ctid = False
         integer_key = len(keys) == 1 and types[0] in INTEGER_TYPES
     else:
@@ -145,41 +145,41 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         keys = ("ctid",)
         ctid = sql.SQL("c.ctid")
 
-        batch = sql.SQL("{fill} AND {ctid} >= %s::tid AND {ctid} < %s::tid AND c.{col} IS NULL"
-                        ).format(fill=fill, ctid=ctid, col=col)
+        batch = compose("{fill} AND {ctid} >= %s::tid AND {ctid} < %s::tid AND c.{col} IS NULL",
+                        fill=fill, ctid=ctid, col=col)
         settings = PROBE_PARENT if probe else ()
         first = batch
         # ctid batches count pages: the "key ahead" is simply lo + n pages.
         ahead = sql.SQL("SELECT (%s::bigint + %s::bigint)::text")
         first_ahead = sql.SQL("SELECT %s::bigint::text")
-        max_key = sql.SQL(
-            "SELECT (pg_relation_size({reg}) / current_setting('block_size')::bigint + 1)::text"
-        ).format(reg=sql.Literal(regclass_text(entry.qname)))
+        max_key = compose(
+            "SELECT (pg_relation_size({reg}) / current_setting('block_size')::bigint + 1)::text",
+            reg=sql.Literal(regclass_text(entry.qname)))
         sample_key = sql.SQL("c.ctid::text")
         uses_ctid = True
         integer_key = False
-    remaining = sql.SQL("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL").format(t=t, col=col)
-    orphans = sql.SQL(
+    remaining = compose("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL", t=t, col=col)
+    orphans = compose(
         "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
-        " AND {no_parent}").format(key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, col=col,
+        " AND {no_parent}", key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, col=col,
                                    no_parent=no_parent)
     # One scan for two findings: conflicts (a key that differs from the parent's) and
     # unfilled rows (no key although the parent has one: written by a transaction that read
     # the parent before the parent's backfill committed; another pass fills them).
-    conflicts = sql.SQL(
+    conflicts = compose(
         "SELECT count(*) FILTER (WHERE c.{col} IS NOT NULL),"
         " (array_agg({key}) FILTER (WHERE c.{col} IS NOT NULL))[1:{n}],"
         " count(*) FILTER (WHERE c.{col} IS NULL),"
         " (array_agg({key}) FILTER (WHERE c.{col} IS NULL))[1:{n}]"
         " FROM {t} AS c JOIN {parent} AS p ON {match}"
-        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}").format(
+        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}",
         key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, parent=parent, match=match, col=col,
         pcol=sql.Identifier(entry.parent_column), ptenant=ptenant)
     return BackfillSpec(
         table=entry.qname, key_columns=tuple(keys), uses_ctid=uses_ctid, column=entry.column,
         parent=entry.parent.qname, batch_sql=batch, first_batch_sql=first, next_key_sql=ahead,
         first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
-        single_statement_sql=sql.SQL("{} AND c.{} IS NULL").format(fill, col),
+        single_statement_sql=compose("{} AND c.{} IS NULL", fill, col),
         orphans_sql=orphans, conflicts_sql=conflicts,
         batch_settings=settings, range_uses=range_uses, integer_key=integer_key,
         orphans=ctx.playbook.orphans_for(entry.qname))
@@ -198,13 +198,13 @@ def _gathering_fill(
     update."""
     assert entry.parent is not None and entry.parent_column is not None
     mine, theirs = ctx.link_types(entry)[0]
-    fk: sql.Composable = sql.SQL("k.{}").format(sql.Identifier(entry.parent.columns[0]))
+    fk: sql.Composable = compose("k.{}", sql.Identifier(entry.parent.columns[0]))
     if not comparable(mine, theirs) and theirs is not None:
-        fk = sql.SQL("({})::{}").format(fk, sql.SQL(theirs))
-    return sql.SQL(
+        fk = compose("({})::{}", fk, sql.SQL(theirs))
+    return compose(
         "UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p"
         " WHERE p.{ref} = ANY (ARRAY(SELECT {fk} FROM {t} AS k WHERE {k_range}))"
-        " AND {match}").format(
+        " AND {match}",
         t=t, col=col, ptenant=ctx.parent_tenant_sql(entry), parent=parent,
         ref=sql.Identifier(entry.parent.ref_columns[0]), fk=fk, k_range=k_range, match=match)
 
@@ -303,9 +303,9 @@ def plan(ctx: PlanContext) -> StagePlan:
                         f"on ({', '.join(spec.key_columns)})",
             statements=(spec.batch_sql,),
             lock=Lock.ROW_EXCLUSIVE,
-            done_check=sql.SQL("SELECT NOT EXISTS ({})").format(sql.SQL(
-                "SELECT 1 FROM {} AS c WHERE c.{} IS NULL").format(
-                    entry.ident, sql.Identifier(entry.column))),
+            done_check=compose("SELECT NOT EXISTS ({})", compose(
+                "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
+                entry.ident, sql.Identifier(entry.column))),
             estimate=est,
             risks=tuple(risks),
             why="each batch is its own short transaction: row locks last milliseconds",
@@ -778,7 +778,7 @@ def _batch_settings(cur: psycopg.Cursor[Any], spec: BackfillSpec, skip_triggers:
     settings = [*spec.batch_settings, ("synchronous_commit", "off")]
     if skip_triggers:
         settings.append(("session_replication_role", "replica"))
-    cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+    cur.execute(compose("SELECT {}", sql.SQL(", ").join(
         sql.SQL("set_config(%s, %s, true)") for _ in settings)),
         [v for pair in settings for v in pair])
 
