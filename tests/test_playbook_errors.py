@@ -88,7 +88,7 @@ SHAPE_CASES = (
          ("bad.yaml:14: options.retries: ", "greater than or equal to 0")),
     Case("unknown-option", "  retries: 3\n", "  retries: 3\n  retry: 5\n",
          ("bad.yaml:15: options.retry: unknown key (expected one of: lock_timeout, ",
-          "retries", "backfill, index, enforce)")),
+          "retries", "backfill, index, enforce, observe)")),
     Case("unknown-table-key", "{strategy: direct, column: account_id}",
          "{strategy: direct, colum: account_id}",
          ("bad.yaml:19: tables.public.users.colum: unknown key (expected one of: strategy, "
