@@ -40,6 +40,11 @@ from rls_migrate.journal import make_engine
 from rls_migrate.playbook import Options
 from rls_migrate.testing import servers
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 APP = samples.APP_ROLE
 PARENT = "project_id -> public.projects(id)"
 

@@ -44,6 +44,11 @@ from rls_migrate.steps import STAGES, as_string
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 BIN = Path(sys.executable).parent
 TASKS = 'Tasks: {x} %s "q"'
 NOTES = "Notes\nDROP TABLE accounts; -- '"

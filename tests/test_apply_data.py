@@ -18,6 +18,11 @@ from rls_migrate.runner import apply_stage, rollback_to, status
 from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 DATA_STAGES = ("prepare", "add-column", "backfill", "constrain")
 
 

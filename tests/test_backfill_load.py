@@ -38,6 +38,11 @@ from rls_migrate.testing import servers
 from rls_migrate.testing.checksums import table_checksums
 
 Conn = psycopg.Connection[Any]
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 WORKLOAD_TABLES = ("issues", "comments", "attachments")
 
 # Every derived table of the sample, and the join that gives each row its true tenant.

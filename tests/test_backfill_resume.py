@@ -39,6 +39,11 @@ from rls_migrate.steps import Step
 
 __all__ = ["db_at"]  # the fixture, shared with the load tests
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 MIGRATOR = "rlsm_migrator"
 
 

@@ -23,6 +23,11 @@ from rls_migrate.connect import DSN_VARIABLES, MIN_SERVER_VERSION, connect
 from rls_migrate.errors import ServerTooOld
 from rls_migrate.testing import servers
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 CONSOLE_SCRIPT = shutil.which("rls-migrate") or str(Path(sys.executable).parent / "rls-migrate")
 RIGHT_PASSWORD = "correct horse battery staple"
 

@@ -29,6 +29,11 @@ from rls_migrate.progress import RichProgress, make_progress
 from rls_migrate.stages.index.build_watcher import drop_invalid_index
 from rls_migrate.steps import Lock, StagePlan, Step
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 T = QualifiedName("public", "t")
 LOCK_TIMEOUT_MS = 100.0
 # Scheduling, the round trip and the retry's own statements: what a wait may add to

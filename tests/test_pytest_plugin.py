@@ -17,6 +17,11 @@ from rls_migrate.testing import servers
 
 pytest_plugins = ["pytester"]
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 APP = samples.APP_ROLE
 MATCH = "tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')::bigint)"
 PLUGIN = "rls_migrate.testing.pytest_plugin"

@@ -17,6 +17,11 @@ from rls_migrate import samples
 from rls_migrate.playbook import TablePlan, dump_playbook
 from rls_migrate.testing import servers
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
+
 APP = samples.APP_ROLE
 JSON = ("--log-format", "json")  # structured log lines on stderr, so the warnings can be read
 

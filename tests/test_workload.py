@@ -11,6 +11,10 @@ from rls_migrate import samples
 from rls_migrate.testing import servers
 from rls_migrate.workload import Workload
 
+# Version-agnostic (the toolkit's own logic over SQL every major runs alike): the core
+# majors only, unless RLS_MIGRATE_TEST_ALL_MAJORS=1 (see tests/conftest.py).
+pytestmark = pytest.mark.core_majors
+
 
 @pytest.fixture(scope="module")
 def workload_factory(make_factory):  # type: ignore[no-untyped-def]
