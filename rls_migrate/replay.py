@@ -292,7 +292,7 @@ def _search_path(conn: Conn, role: str) -> str:
     """The search_path the role's sessions start with in this database."""
     row = conn.execute(
         "SELECT substr(c, 13) FROM pg_db_role_setting s, unnest(s.setconfig) c"
-        " WHERE c LIKE 'search\\_path=%%' AND s.setrole IN (0, to_regrole(%s)::oid)"
+        " WHERE c LIKE 'search\\_path=%%' AND s.setrole IN (0, (SELECT r.oid FROM pg_roles r WHERE r.rolname = %s))"
         " AND s.setdatabase IN (0, (SELECT oid FROM pg_database"
         " WHERE datname = current_database()))"
         " ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1", [role]).fetchone()

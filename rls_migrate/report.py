@@ -495,7 +495,7 @@ def _capture_notes(conn: Conn, playbook: Playbook, groups: Sequence[Group]) -> l
         return []
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c"
-        " WHERE s.setrole = to_regrole(%s) AND s.setdatabase IN (0, (SELECT oid FROM"
+        " WHERE s.setrole = (SELECT r.oid FROM pg_roles r WHERE r.rolname = %s) AND s.setdatabase IN (0, (SELECT oid FROM"
         " pg_database WHERE datname = current_database()))"
         " AND c LIKE 'log\\_parameter\\_max\\_length\\_on\\_error=%%')",
         [playbook.roles.app]).fetchone()

@@ -168,7 +168,7 @@ def _capture_parameters(ctx: PlanContext) -> Step | None:
         lock=Lock.NONE,
         done_check=exists_sql(compose(
             "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
-            " WHERE d.datname = current_database() AND s.setrole = to_regrole({})"
+            " WHERE d.datname = current_database() AND s.setrole = (SELECT r.oid FROM pg_roles r WHERE r.rolname = {})"
             " AND {} = ANY (s.setconfig)", sql.Literal(role),
             sql.Literal(f"{PARAMETER_SETTING}={size}"))),
         inverse=(_role_setting(role, None),),
