@@ -12,6 +12,7 @@ import psycopg
 
 from rls_migrate import samples
 from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.testing.checksums import table_checksums
 
 DDL = """
 CREATE TABLE accounts (id integer PRIMARY KEY, name text NOT NULL);
@@ -109,3 +110,9 @@ def execute_as_tenant(dsn: str, tenant: int | None, *statements: str) -> None:
             conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tenant)])
         for statement in statements:
             conn.execute(statement.encode())
+
+
+def checksums(dsn: str, exclude: tuple[str, ...] = ("tenant_id",)) -> dict[str, str]:
+    """Checksums of every table's rows, without the tenant column the toolkit adds."""
+    with psycopg.connect(dsn) as conn:
+        return table_checksums(conn, exclude_columns=exclude)

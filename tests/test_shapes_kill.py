@@ -12,11 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from shapes_helpers import PLAYBOOK, load, playbook, scalar
+from shapes_helpers import PLAYBOOK, checksums, load, playbook, scalar
 
 from rls_migrate.runner import apply_stage, rollback_to
 from rls_migrate.testing import servers
-from rls_migrate.testing.checksums import table_checksums
 from rls_migrate.testing.faults import (
     Fault,
     FaultKind,
@@ -44,10 +43,6 @@ def db(shapes_factory: servers.DatabaseFactory) -> Iterator[str]:
     yield dsn
     shapes_factory.drop(servers.dbname_of(dsn))
 
-
-def checksums(dsn: str, exclude: tuple[str, ...] = ("tenant_id",)) -> dict[str, str]:
-    with psycopg.connect(dsn) as conn:
-        return table_checksums(conn, exclude_columns=exclude)
 
 
 def batches_done(conn: psycopg.Connection[Any]) -> int:

@@ -9,13 +9,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from shapes_helpers import execute_as_tenant, load, playbook, scalar
+from shapes_helpers import checksums, execute_as_tenant, load, playbook, scalar
 
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.planner import build_plan
 from rls_migrate.runner import apply_stage, rollback_to, status
 from rls_migrate.testing import servers
-from rls_migrate.testing.checksums import table_checksums
 
 DATA_STAGES = ("prepare", "add-column", "backfill", "constrain")
 
@@ -31,10 +30,6 @@ def db(shapes_factory: servers.DatabaseFactory) -> Iterator[str]:
     yield dsn
     shapes_factory.drop(servers.dbname_of(dsn))
 
-
-def checksums(dsn: str, exclude: tuple[str, ...] = ("tenant_id",)) -> dict[str, str]:
-    with psycopg.connect(dsn) as conn:
-        return table_checksums(conn, exclude_columns=exclude)
 
 
 def conflicts(dsn: str) -> list[tuple[str, str, str, str]]:
