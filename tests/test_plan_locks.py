@@ -56,6 +56,7 @@ KINDS = (
     "create_index_on_only",
     "attach_index",
     "observe_policy",
+    "observe_write_truth",
     "enforce_policy",
 )
 """Every kind of step that touches a table (prepare's schema step touches none)."""
