@@ -30,7 +30,7 @@ waits for.
 One module per idea: :mod:`.shapes` (index definitions taken apart, our names),
 :mod:`.tenant_index` (the tenant index, twins, concurrent and partitioned builds),
 :mod:`.uniques` (tenant-scoped uniques and keys), :mod:`.foreign_keys` (tenant-consistent
-foreign keys), :mod:`.build_watcher` (the runtime handler of a build); the stage itself, which
+foreign keys), :mod:`.usage` (the index usage twins are decided from, pinned in the journal), :mod:`.build_watcher` (the runtime handler of a build); the stage itself, which
 puts them together, is here.
 """
 
@@ -51,6 +51,7 @@ from rls_migrate.stages.index.tenant_index import (
     twin_steps,
 )
 from rls_migrate.stages.index.uniques import add_key_step, key_steps, unique_steps
+from rls_migrate.stages.index.usage import pin_step
 from rls_migrate.steps import StagePlan, Step
 
 
@@ -105,7 +106,11 @@ def plan(ctx: PlanContext) -> StagePlan:
                          f"{', '.join(sorted(unknown))}")
     steps.extend(constraint_steps)
     steps.extend(fk_steps(fks))
-    return StagePlan("index", tuple(_unique_ids(steps)), tuple(notes))
+    # First of all, before anything the stage does can move the counters: the usage the
+    # twins were decided from (see .usage).
+    pins = [p for e in ctx.tenant_tables if e.strategy != "root"
+            and (p := pin_step(ctx, e)) is not None]
+    return StagePlan("index", tuple(_unique_ids([*pins, *steps])), tuple(notes))
 
 
 def _report_invalid(ctx: PlanContext, entry: TenantTable, notes: list[str]) -> None:
