@@ -462,8 +462,10 @@ class _Loader:
         info = self.fetch(
             "SELECT current_database() AS db, current_user AS usr, pg_is_in_recovery() AS rec,"
             " (SELECT json_object_agg(name, setting) FROM pg_settings WHERE name = ANY(%s))"
-            " AS settings, to_regclass('rls_migrate.step_state') IS NOT NULL AND"
-            " has_table_privilege('rls_migrate.journal', 'SELECT') AS journal",
+            " AS settings, (SELECT count(*) = 2 FROM pg_class c JOIN pg_namespace n"
+            "  ON n.oid = c.relnamespace WHERE n.nspname = 'rls_migrate'"
+            "  AND c.relname IN ('journal', 'step_state') AND has_schema_privilege(n.oid,"
+            "  'USAGE') AND has_table_privilege(c.oid, 'SELECT')) AS journal",
             [list(SETTINGS)],
         )[0]
         extensions = {r["extname"]: r["extversion"] for r in self.fetch(
