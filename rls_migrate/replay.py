@@ -44,6 +44,7 @@ from psycopg.types.string import StrDumper
 from rls_migrate.evidence import Parameters, Violation
 from rls_migrate.playbook import Playbook
 from rls_migrate.stages.policies import MODE_SETTING, STATEMENT_CHARS
+from rls_migrate.write_evidence import TruthIndex, WriteTruth
 
 Conn = psycopg.Connection[Any]
 
@@ -74,6 +75,19 @@ def _code(statement: str) -> str:
 _DECLARE = re.compile(r"^\s*DECLARE\s+(?:\"(?:[^\"]|\"\")+\"|\w+)\s+(?:BINARY\s+)?"
                       r"(?:(?:ASENSITIVE|INSENSITIVE)\s+)?(?:(?:NO\s+)?SCROLL\s+)?CURSOR\s+"
                       r"(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+", re.I)
+
+
+CURSOR_WITH_PARAMETERS = (
+    "a server-side cursor declared with bound parameters: its plan runs at FETCH, and the "
+    "server logs only the FETCH's own parameters (none), not the DECLARE's; pg_cursors keeps "
+    "the declared query, not its parameters, so nothing can replay it. Confirm it in a test "
+    "run with SET LOCAL rls_migrate.mode = 'enforce', or add the tenant predicate so that "
+    "observe does not record it")
+"""Why a cursor the application declared with parameters (psycopg's named cursors,
+SQLAlchemy's ``yield_per``/``stream_results``) stays unconfirmable. PostgreSQL attaches
+bound parameters to log entries only for the protocol-level portal being executed (the
+``FETCH``); the cursor's own portal, whose plan calls the recorder, has no such context, and
+no view or function exposes a portal's parameters."""
 
 
 def declared_query(statement: str) -> str:
@@ -221,6 +235,8 @@ def _unreplayable(v: Violation, settings: ReplaySettings) -> str | None:
                "read the rows cannot be told"
     wanted = placeholder_count(statement)
     if wanted:
+        if v.parameters is None and _DECLARE.match(statement):
+            return CURSOR_WITH_PARAMETERS
         if v.parameters is None:
             return ("sent with bound parameters, and none were captured "
                     "(options.observe.capture_parameters, and the server log through "
@@ -311,13 +327,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
-                  *, in_recovery: bool) -> SampleResult:
-    """Replay one sample twice (observe, then enforcement simulated) in one snapshot."""
+                  *, in_recovery: bool, truth: Sequence[WriteTruth] = ()) -> SampleResult:
+    """Replay one sample twice (observe, then enforcement simulated) in one snapshot.
+    ``truth``: the write-truth records of the statement execution that made ``v``."""
     def result(verdict: str, reason: str, observe: int | None = None,
                enforce: int | None = None) -> SampleResult:
         return SampleResult(verdict, reason, v.statement, v.parameters, v.context, v.role,
                             observe, enforce)
 
+    foreign = next((t for t in truth if t.foreign), None)
+    if foreign is not None:
+        return result(CONFIRMED, f"write-truth: {foreign.describe()}")
     why_not = _unreplayable(v, settings)
     if why_not is not None:
         return result(UNCONFIRMABLE, why_not)
@@ -379,10 +399,17 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                                      f"{role} TO {conn.info.user})")
     if changes_rows(v.statement) and observed.rows == 0 and enforced.rows == 0:
         # An UPDATE/DELETE of another tenant's row, committed while observing, leaves
-        # nothing to find now: 0 and 0 would call a real violation harmless.
+        # nothing to find now: 0 and 0 would call a real violation harmless. What its rows
+        # were when it changed them (write-truth) decides instead.
+        if truth:
+            return result(HARMLESS, "the rows it changed are gone (0 rows replayed both ways);"
+                                    f" write-truth: {truth[0].describe()}", 0, 0)
         return result(UNCONFIRMABLE, "a data-modifying statement that touches no row when "
-                                     "replayed: the rows it changed may be gone, so replay "
-                                     "cannot tell (add the tenant predicate to it)", 0, 0)
+                                     "replayed: the rows it changed may be gone, and no "
+                                     "write-truth record says whose they were (recorded "
+                                     "before observe installed its write-truth triggers, or "
+                                     "they were disabled); add the tenant predicate to it",
+                      0, 0)
     if observed == enforced:
         return result(HARMLESS, "the same rows with enforcement simulated", observed.rows,
                       enforced.rows)
@@ -393,12 +420,36 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
     return result(CONFIRMED, why, observed.rows, enforced.rows)
 
 
+def _foreign_write(records: Sequence[Violation], truth: TruthIndex
+                   ) -> tuple[Violation, WriteTruth] | None:
+    """A recording of the group whose statement changed another tenant's row (write-truth),
+    linked exactly, else by the statement's shape, application and kind: confirmed by
+    construction, whichever samples replay would pick."""
+    for v in records:
+        for t in truth.linked(v):
+            if t.foreign:
+                return v, t
+    first = records[0]
+    like = truth.foreign_like(first.statement, first.application_name, first.kind)
+    return (first, like[0]) if like else None
+
+
 def confirm(conn: Conn, operation: str, records: Sequence[Violation],
-            settings: ReplaySettings) -> Verdict:
+            settings: ReplaySettings, truth: TruthIndex | None = None) -> Verdict:
     """The verdict on one group (``records``: its recordings, any order). ``conn`` is the
-    operator's autocommit connection to the primary or, for reads, a replica."""
+    operator's autocommit connection to the primary or, for reads, a replica. ``truth``:
+    what the write-truth triggers saw (see :mod:`rls_migrate.write_evidence`)."""
     now = dt.datetime.now(dt.UTC)
     chosen, distinct, without = candidates(records, settings.samples)
+    if truth is not None and records and operation == "read" \
+            and changes_rows(records[0].statement):
+        foreign = _foreign_write(records, truth)
+        if foreign is not None:
+            v, t = foreign
+            why = f"write-truth: {t.describe()}"
+            return Verdict(CONFIRMED, f"{why}: confirmed by construction",
+                           (SampleResult(CONFIRMED, why, v.statement, v.parameters,
+                                         v.context, v.role),), distinct, now)
     if operation == "write":
         samples = tuple(SampleResult(CONFIRMED, "a write the enforced WITH CHECK refuses",
                                      v.statement, v.parameters, v.context, v.role)
@@ -410,7 +461,8 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
                        now)
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     in_recovery = bool(row and row[0])
-    results = tuple(replay_sample(conn, v, settings, in_recovery=in_recovery)
+    results = tuple(replay_sample(conn, v, settings, in_recovery=in_recovery,
+                                  truth=truth.linked(v) if truth is not None else ())
                     for v in chosen)
     of = f"{len(results)} of {distinct} distinct sample(s) replayed"
     if without:

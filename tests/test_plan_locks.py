@@ -57,6 +57,7 @@ KINDS = (
     "attach_index",
     "tenant_statistics",
     "observe_policy",
+    "observe_write_truth",
     "enforce_policy",
 )
 """Every kind of step that touches a table (prepare's schema step touches none)."""

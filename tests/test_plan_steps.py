@@ -73,7 +73,8 @@ def texts(s: Step, conn: Conn) -> list[str]:
 
 def observe_and_enforce(name: str) -> dict[str, list[tuple[str, str]]]:
     qualified = str(q(name))
-    return {"observe": [(f"observe:{qualified}", "observe_policy")],
+    return {"observe": [(f"observe:{qualified}", "observe_policy"),
+                        (f"observe-writes:{qualified}", "observe_write_truth")],
             "enforce": [(f"enforce:{qualified}", "enforce_policy")]}
 
 
@@ -251,8 +252,9 @@ def test_partitioned_events(sample: Sample, conn: Conn) -> None:
         "index": expected[:1], **observe_and_enforce("events")}
     # A query that names a partition uses the partition's own RLS: each partition gets the
     # policies too, right after its parent.
-    for stage, kind in (("observe", "observe"), ("enforce", "enforce")):
-        ids = [s.id for s in plan.stage(stage)]
+    for stage, kind in (("observe", "observe"), ("observe", "observe-writes"),
+                        ("enforce", "enforce")):
+        ids = [s.id for s in plan.stage(stage) if s.id.startswith(f"{kind}:")]
         start = ids.index(f"{kind}:public.events")
         assert ids[start: start + 7] == [f"{kind}:public.events"] + [
             f"{kind}:public.{p}" for p in samples.EVENT_PARTITIONS]

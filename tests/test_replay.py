@@ -28,6 +28,7 @@ from rls_migrate.gate import enforce_gate
 from rls_migrate.playbook import Playbook
 from rls_migrate.replay import (
     CONFIRMED,
+    CURSOR_WITH_PARAMETERS,
     HARMLESS,
     UNCONFIRMABLE,
     modifies_data,
@@ -296,10 +297,22 @@ def test_a_server_side_cursor_records_and_replays_its_query(db: ObserveDb) -> No
                     cur.execute(f"SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
                                 f" WHERE i.project_id = {int(project)}")  # type: ignore[arg-type, unused-ignore]
                     cur.fetchmany(5)
+    with db.app("streamed-bound") as conn, tenant_transaction(conn, 1):
+        conn.execute("SET LOCAL enable_nestloop = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        with conn.cursor(name="c_bound") as cur:  # DECLARE ... $1, then FETCH
+            cur.execute("SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
+                        " WHERE i.project_id = %s", [project])
+            cur.fetchmany(5)
     report = report_of(db, confirm_groups=True)
-    (group,) = report.groups  # one group: the query, not the cursor's name
+    groups = {g.application_name: g for g in report.groups}
+    group = groups["streamed"]  # one group: the query, not the cursor's name
     assert group.statement.startswith("DECLARE ? ") and group.count == 2
     assert group.verdict is not None and group.verdict.verdict == HARMLESS, group.verdict
+    # Its parameters are in no log entry: unconfirmable, saying why.
+    bound = groups["streamed-bound"].verdict
+    assert bound is not None and bound.verdict == UNCONFIRMABLE
+    assert bound.reason.startswith(CURSOR_WITH_PARAMETERS), bound.reason
 
 
 def test_a_concurrent_update_of_the_same_row_is_a_candidate_replay_finds_harmless(
