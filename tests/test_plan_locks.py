@@ -211,8 +211,8 @@ def observe_plan(dsn: str) -> list[Observation]:
     with psycopg.connect(dsn, autocommit=True) as conn, \
             psycopg.connect(dsn, autocommit=True) as probe:
         for step in plan.steps:
-            if step.table is None:
-                run_step(conn, step)
+            if step.table is None or step.kind == "pin_index_usage":
+                run_step(conn, step)  # the usage pin reads a literal: it touches no table
             elif step.transactional:
                 observations.append(observe_in_transaction(conn, probe, step))
             else:
