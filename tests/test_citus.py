@@ -34,7 +34,7 @@ from plan_helpers import (
 from version_helpers import major_of
 
 from rls_migrate import lockwaits, samples
-from rls_migrate.catalog import Catalog, QualifiedName
+from rls_migrate.catalog import Catalog, ForeignKey, QualifiedName
 from rls_migrate.citus.readiness import Readiness, readiness_of
 from rls_migrate.citus.render import render_json, render_markdown, render_text
 from rls_migrate.citus.runbook import render_runbook
@@ -816,3 +816,31 @@ def _end_state(conn: psycopg.Connection[Any], sync_triggers: bool = True) -> Non
         conn.execute("DELETE FROM ads WHERE id = %s", [ad])
         assert conn.execute("SELECT count(*) FROM clicks WHERE ad_id = %s", [ad]).fetchone() \
             == (0,)
+
+
+@pytest.mark.core_majors  # planning only: the same on every major
+def test_a_partitioned_key_that_foreign_keys_reference_is_named_not_swapped(
+        sample_db: str) -> None:
+    """A partitioned table's new key exists only once swapped, so a foreign key into its old
+    key cannot be re-pointed first: the plan leaves the key and says what to do instead."""
+    catalog = load_catalog(sample_db)
+    users = catalog.table("public.users")
+    fk = ForeignKey("users_last_event_fkey", users.qname, ("last_event_id", "last_event_at"),
+                    q("events"), ("id", "created_at"), True,
+                    "FOREIGN KEY (last_event_id, last_event_at) REFERENCES events(id, created_at)")
+    catalog = dataclasses.replace(catalog, tables={
+        **catalog.tables, users.qname: dataclasses.replace(
+            users, foreign_keys=(*users.foreign_keys, fk))})
+    pb = tut.with_index_options(sample_playbook(catalog), tenant_primary_keys=True)
+    index = build_plan(catalog, pb, ["index"]).stage("index")
+    assert not [s for s in index.steps if s.table and s.table.name.startswith("events")
+                and s.kind in ("swap_primary_key", "create_index") and "rlsm_tenant" in s.id]
+    assert any(n.startswith("public.events: primary key left as it is: public.users."
+                            "users_last_event_fkey references it") for n in index.notes), \
+        index.notes
+    # Without that foreign key: a unique index on each partition, then one swap.
+    index = build_plan(load_catalog(sample_db), pb, ["index"]).stage("index")
+    swaps = [s for s in index.steps if s.kind == "swap_primary_key" and s.table == q("events")]
+    builds = [s for s in index.steps if s.kind == "create_index" and s.table
+              and s.table.name in samples.EVENT_PARTITIONS and "pkey_rlsm_tenant" in s.id]
+    assert len(swaps) == 1 and len(builds) == len(samples.EVENT_PARTITIONS)

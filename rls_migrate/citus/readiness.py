@@ -437,9 +437,9 @@ def _trigger_blockers(ctx: PlanContext, entry: TenantTable, watch: str | None
                 "sync_trigger", f"the toolkit's owner trigger {trig.name} (gives this row's "
                 "tenant to the row it points at, strategy owned)",
                 "Citus refuses triggers on distributed tables unless citus.enable_unsafe_"
-                "triggers is on: once the application writes the owned row's tenant itself, "
-                f"DROP TRIGGER {trig.name} (sync_triggers: drop retires only the "
-                f"{SYNC_TRIGGER_PREFIX}* triggers)"))
+                f"triggers is on: {SYNC_TRIGGERS_OPTION}: watch on the owned table, then drop "
+                "retires it with the owned table's sync trigger, once no row arrives there "
+                "without the tenant", online=True))
         else:
             out.append(Blocker(
                 "trigger", f"trigger {trig.name} ({trig.timing} {' OR '.join(trig.events)}, "
