@@ -234,22 +234,24 @@ def _key_swap(entry: TenantTable, tables: dict[QualifiedName, Table], notes: lis
     con: Constraint | None = next((c for c in table.constraints if c.kind == "p"), None)
     if con is None or con.name == shapes.added_name(entry.qname):
         return _added_key(entry, con, notes)
+    swapped = entry.column in con.columns
+    if swapped:
+        old = replaced_name(entry.qname, con.name)
+        if old is None or con.columns[:1] != (entry.column,) or len(con.columns) < 2:
+            return None  # the user's own key holds the tenant already
+    elif "DEFERRABLE" in con.definition and "NOT DEFERRABLE" not in con.definition:
+        notes.append(f"{entry.qname}: {con.name} is DEFERRABLE: left as it is")
+        return None
     parts: list[tuple[QualifiedName, str]] = []
     if table.is_partitioned:
-        parts, why = shapes.partition_keys(table, tables, swapped=entry.column in con.columns)
+        parts, why = shapes.partition_keys(table, tables, swapped=swapped)
         if why:
             notes.append(f"{entry.qname}: primary key left as it is: {why} (blocker: recreate "
                          f"it as ({entry.column}, {', '.join(con.columns)}) by hand)")
             return None
-    if entry.column in con.columns:
-        old = replaced_name(entry.qname, con.name)
-        if old is not None and con.columns[:1] == (entry.column,) and len(con.columns) > 1:
-            return KeySwap(entry, old, tuple(con.columns[1:]), swapped=True,
-                           partitions=tuple(parts))
-        return None
-    if "DEFERRABLE" in con.definition and "NOT DEFERRABLE" not in con.definition:
-        notes.append(f"{entry.qname}: {con.name} is DEFERRABLE: left as it is")
-        return None
+    if swapped:
+        return KeySwap(entry, old or "", tuple(con.columns[1:]), swapped=True,
+                       partitions=tuple(parts))
     return KeySwap(entry, con.name, tuple(con.columns), swapped=False, partitions=tuple(parts))
 
 
