@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,14 @@ HARMLESS, CONFIRMED, UNCONFIRMABLE = "harmless", "confirmed", "unconfirmable"
 VERDICTS = (HARMLESS, CONFIRMED, UNCONFIRMABLE)
 MAX_ROWS = 200_000
 """A replay that returns more rows than this is not compared (unconfirmable)."""
+SLOWER_FACTOR = 5.0
+SLOWER_MS = 50.0
+"""An enforced replay this many times and this many ms slower than the observed one is
+reported as slower: the policy's tenant comparison changed the plan for the worse (a
+misestimate), which the team must see before enforcing, even where the rows are the same."""
+SLOWER_ADVICE = ("EXPLAIN ANALYZE it as the application with the tenant set, after "
+                 "enforcing on a copy: a selectivity the planner multiplies (ANALYZE; "
+                 "options.index.tenant_statistics; the tenant predicate on every table)")
 
 _CODE = re.compile(
     r"""
@@ -131,12 +140,24 @@ class SampleResult:
     role: str | None
     observe_rows: int | None = None
     enforce_rows: int | None = None
+    observe_ms: float | None = None
+    enforce_ms: float | None = None
+
+    @property
+    def slower(self) -> str | None:
+        """"N.Nx slower enforced (a -> b ms)" when enforcement made the replay markedly
+        slower (:data:`SLOWER_FACTOR` and :data:`SLOWER_MS` both), else None."""
+        o, e = self.observe_ms, self.enforce_ms
+        if o is None or e is None or e < SLOWER_FACTOR * o or e - o < SLOWER_MS:
+            return None
+        return f"{e / max(o, 0.001):.1f}x slower enforced ({o:,.1f} ms -> {e:,.1f} ms)"
 
     def as_dict(self, show_parameters: bool = False) -> dict[str, Any]:
         return {"verdict": self.verdict, "reason": self.reason, "statement": self.statement,
                 "parameters": shown_parameters(self.parameters, show_parameters),
                 "context": self.context, "role": self.role,
-                "observe_rows": self.observe_rows, "enforce_rows": self.enforce_rows}
+                "observe_rows": self.observe_rows, "enforce_rows": self.enforce_rows,
+                "observe_ms": self.observe_ms, "enforce_ms": self.enforce_ms}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,10 +351,19 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                   *, in_recovery: bool, truth: Sequence[WriteTruth] = ()) -> SampleResult:
     """Replay one sample twice (observe, then enforcement simulated) in one snapshot.
     ``truth``: the write-truth records of the statement execution that made ``v``."""
+    timings: dict[str, float] = {}
+
     def result(verdict: str, reason: str, observe: int | None = None,
                enforce: int | None = None) -> SampleResult:
         return SampleResult(verdict, reason, v.statement, v.parameters, v.context, v.role,
-                            observe, enforce)
+                            observe, enforce, timings.get("observe"), timings.get("enforce"))
+
+    def timed(mode: str) -> _Run:
+        started = time.perf_counter()
+        try:
+            return _execute(conn, query, v.parameters)
+        finally:
+            timings[mode] = round((time.perf_counter() - started) * 1000, 2)
 
     foreign = next((t for t in truth if t.foreign), None)
     if foreign is not None:
@@ -367,7 +397,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 conn.execute("SELECT set_config(%s, %s, true)", [settings.setting, v.context])
             query = declared_query(v.statement)
             try:
-                observed = _execute(conn, query, v.parameters)
+                observed = timed("observe")
             except _TooBig as big:
                 return result(UNCONFIRMABLE, f"returns {big.rows:,} rows, more than "
                                              f"{MAX_ROWS:,} are not compared")
@@ -378,7 +408,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 return result(UNCONFIRMABLE, f"the replay failed: {_first_line(exc)}")
             conn.execute("SELECT set_config(%s, 'enforce', true)", [MODE_SETTING])
             try:
-                enforced = _execute(conn, query, v.parameters)
+                enforced = timed("enforce")
             except psycopg.errors.InsufficientPrivilege as exc:
                 if "row-level security" in str(exc):
                     return result(CONFIRMED, "enforced, the write is refused: "
@@ -389,7 +419,11 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 return result(UNCONFIRMABLE, f"returns {big.rows:,} rows enforced, too many "
                                              "to compare", observed.rows)
             except psycopg.errors.QueryCanceled:
-                return result(UNCONFIRMABLE, "the enforced replay timed out", observed.rows)
+                return result(UNCONFIRMABLE, f"the enforced replay timed out after "
+                                             f"{settings.timeout_ms:g} ms, where observe "
+                                             f"answered in {timings['observe']:,.1f} ms: "
+                                             "enforcement makes it much slower. "
+                                             + SLOWER_ADVICE, observed.rows)
             except psycopg.Error as exc:
                 return result(UNCONFIRMABLE, f"the enforced replay failed: {_first_line(exc)}",
                               observed.rows)
@@ -411,8 +445,11 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                                      "they were disabled); add the tenant predicate to it",
                       0, 0)
     if observed == enforced:
-        return result(HARMLESS, "the same rows with enforcement simulated", observed.rows,
+        same = result(HARMLESS, "the same rows with enforcement simulated", observed.rows,
                       enforced.rows)
+        if same.slower:
+            return dataclasses.replace(same, reason=f"{same.reason}, {same.slower}")
+        return same
     if observed.rows != enforced.rows:
         why = f"enforced it gets {enforced.rows:,} row(s) instead of {observed.rows:,}"
     else:
@@ -471,8 +508,11 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
         hit = next((r for r in results if r.verdict == wanted), None)
         if hit is not None:
             return Verdict(wanted, f"{hit.reason} ({of})", results, distinct, now)
-    return Verdict(HARMLESS, f"the same rows with enforcement simulated ({of})", results,
-                   distinct, now)
+    slowest = max((r for r in results if r.slower), default=None,
+                  key=lambda r: (r.enforce_ms or 0) - (r.observe_ms or 0))
+    slower = f", but {slowest.slower}: {SLOWER_ADVICE}" if slowest else ""
+    return Verdict(HARMLESS, f"the same rows with enforcement simulated ({of}){slower}",
+                   results, distinct, now)
 
 
 # --------------------------------------------------------------------------- stored verdicts
@@ -483,7 +523,8 @@ def _from_json(row: dict[str, Any]) -> SampleResult:
     return SampleResult(
         str(row.get("verdict")), str(row.get("reason") or ""), str(row.get("statement") or ""),
         tuple(params) if isinstance(params, list) else None, row.get("context"),
-        row.get("role"), row.get("observe_rows"), row.get("enforce_rows"))
+        row.get("role"), row.get("observe_rows"), row.get("enforce_rows"),
+        row.get("observe_ms"), row.get("enforce_ms"))
 
 
 def load_verdicts(conn: Conn, keys: Sequence[str]) -> dict[str, Verdict]:

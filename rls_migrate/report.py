@@ -455,7 +455,7 @@ def build_report(
     known = _known_in_samples(conn, from_logs)
     for i, v in enumerate(from_logs):
         _add_logged(groups, v, i in known)
-    truth = _truth(conn, start, paths, str(database), identity)
+    truth = _truth(conn, start, paths, str(database), identity, notes)
 
     counters, counter_notes = _counters(conn, _recorders(conn, playbook), start, now,
                                         snapshot and not in_recovery)
@@ -518,10 +518,16 @@ def _same_database(v: Violation, database: str, identity: str | None) -> bool:
 
 
 def _truth(conn: Conn, start: dt.datetime | None, paths: Sequence[Path], database: str,
-           identity: str | None) -> TruthIndex:
+           identity: str | None, notes: list[str]) -> TruthIndex:
     """What the write-truth triggers saw in the window: their table's rows and, from the
     logs, those of rolled-back transactions too (the same record twice counts once)."""
     records = load_truth(conn, start)
+    row = conn.execute("SELECT to_regclass('rls_migrate.write_truth') IS NULL").fetchone()
+    if row and row[0]:
+        notes.append("the rls_migrate schema predates write-truth (no rls_migrate.write_truth): "
+                     "run `rls-migrate apply PLAYBOOK --stage prepare` to upgrade it, then "
+                     "--stage observe; until then only server logs (--log) say whose rows a "
+                     "recorded UPDATE or DELETE changed")
     for path in paths:
         records += select([r for r in read_truth_log(path)
                            if start is None or r.at >= start], database, identity)

@@ -182,6 +182,14 @@ class TruthIndex:
             self._by_pid.setdefault(r.pid, []).append(r)
         self._starts = {pid: [r.statement_at for r in rs] for pid, rs in self._by_pid.items()}
         self.records = tuple(unique.values())
+        # Another tenant's rows changed, by statement shape, application and kind: each
+        # record normalized once, however many groups ask.
+        self._foreign: dict[tuple[str, str | None, str], list[WriteTruth]] = {}
+        for r in self.records:
+            if r.foreign:
+                self._foreign.setdefault(
+                    (normalize_statement(r.statement), r.application_name or None, r.kind),
+                    []).append(r)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -204,10 +212,8 @@ class TruthIndex:
         """Records of another tenant's rows changed by a statement of this shape, from this
         application, in this kind of context: a real violation among many harmless runs of
         the same statement, whichever of them replay picked."""
-        shape = normalize_statement(statement)
-        return [r for r in self.records if r.foreign and r.kind == kind
-                and (r.application_name or None) == (application_name or None)
-                and normalize_statement(r.statement) == shape]
+        return list(self._foreign.get(
+            (normalize_statement(statement), application_name or None, kind), ()))
 
 
 def select(records: Sequence[WriteTruth], database: str, identity: str | None

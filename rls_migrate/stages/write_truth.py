@@ -56,6 +56,7 @@ from rls_migrate.stages.policies import (
     CALLER_SETTING,
     CANDIDATE_SETTING,
     STATEMENT_CHARS,
+    TENANT_POLICY,
     tenant_value,
 )
 from rls_migrate.steps import Estimate, Lock, Step
@@ -207,9 +208,19 @@ def remove(entry: TenantTable) -> list[sql.Composed]:
 
 
 def installed_check(entry: TenantTable) -> sql.Composed:
+    """Both triggers are there, or the table is enforced already (its tenant policy calls
+    no recorder: enforce dropped them, and nothing would flag a statement)."""
     names = [STATEMENT_TRIGGER] + ([ROW_TRIGGER] if has_row_trigger(entry) else [])
-    return compose("SELECT count(*) = {} FROM pg_trigger WHERE tgrelid = {} AND tgname = ANY({})",
-                   sql.Literal(len(names)), regclass_literal(entry.qname), sql.Literal(names))
+    table = regclass_literal(entry.qname)
+    return compose(
+        "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = {table} AND tgname = ANY({names}))"
+        " = {n} OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = {table}"
+        " AND p.polname = {policy} AND NOT EXISTS (SELECT 1 FROM pg_depend d"
+        " JOIN pg_proc f ON f.oid = d.refobjid JOIN pg_namespace n ON n.oid = f.pronamespace"
+        " WHERE d.classid = 'pg_policy'::regclass AND d.objid = p.oid"
+        " AND d.refclassid = 'pg_proc'::regclass AND n.nspname = {schema}))",
+        table=table, names=sql.Literal(names), n=sql.Literal(len(names)),
+        policy=sql.Literal(TENANT_POLICY), schema=sql.Literal(TOOLKIT_SCHEMA))
 
 
 def step(ctx: PlanContext, entry: TenantTable) -> Step:
