@@ -531,7 +531,15 @@ def _truth(conn: Conn, start: dt.datetime | None, paths: Sequence[Path], databas
     for path in paths:
         records += select([r for r in read_truth_log(path)
                            if start is None or r.at >= start], database, identity)
-    return TruthIndex(records)
+    index = TruthIndex(records)
+    if len(index):
+        foreign = [r for r in index.records if r.foreign]
+        tables = sorted({r.table for r in foreign})
+        notes.append(
+            f"write-truth: {len(index):,} recorded UPDATE/DELETE statement(s) were checked "
+            f"when they changed their rows; {len(foreign):,} changed another tenant's rows"
+            + (f" ({', '.join(tables)})" if tables else ""))
+    return index
 
 
 def _verdicts(conn: Conn, playbook: Playbook, groups: Sequence[Group], replay: bool,

@@ -102,6 +102,10 @@ def test_write_truth_records_flagged_writes_and_the_gate_judges_by_it(db: Observ
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         report = build_report(conn, db.playbook, None, logs=[log] if log else [],
                               snapshot=False, confirm_groups=True)
+    assert [n for n in report.notes if n.startswith("write-truth: ")] == [
+        f"write-truth: {4 if log else 3} recorded UPDATE/DELETE statement(s) were checked when"
+        f" they changed their rows; {3 if log else 2} changed another tenant's rows"
+        " (public.comments, public.events)"]
     verdicts = {(g.application_name, g.table, g.operation):
                 (g.verdict.verdict, " / ".join([g.verdict.reason]
                                                + [s.reason for s in g.verdict.samples]))
