@@ -354,6 +354,9 @@ class Catalog:
     """Per table, the index usage (``idx_scan`` by index name) the index stage decided its
     twins from, as the journal recorded it when the stage first ran (see
     :mod:`rls_migrate.stages.index.usage`); empty without a journal."""
+    retired_sync: frozenset[QualifiedName] = frozenset()
+    """Tables whose sync trigger the index stage retired (``drop_sync:<table>`` done in the
+    journal, see :mod:`rls_migrate.stages.sync_retire`): add-column does not create it again."""
 
     @property
     def major(self) -> int:
@@ -711,6 +714,11 @@ class _Loader:
                     table, row_estimate=table.row_estimate or rows, size_bytes=size)
         settings = dict(info["settings"] or {})
         usage_pins = self._usage_pins() if info["journal"] else {}
+        retired_sync = frozenset(
+            QualifiedName.parse(r["table_name"]) for r in self.fetch(
+                "SELECT table_name FROM rls_migrate.step_state WHERE step_id LIKE 'drop_sync:%%'"
+                " AND status = 'done' AND table_name IS NOT NULL")) if info["journal"] \
+            else frozenset()
         del conn
         return Catalog(
             database=info["db"],
@@ -727,6 +735,7 @@ class _Loader:
             publications=publications,
             queries_run=self.queries,
             usage_pins=usage_pins,
+            retired_sync=retired_sync,
         )
 
     def _usage_pins(self) -> dict[QualifiedName, Mapping[str, int | None]]:
