@@ -193,7 +193,7 @@ class PlanContext:
         subdomain or a URL is global by design)."""
         if entry.strategy == "root":
             return []
-        tenant = {e.qname for e in self.tenant_tables}
+        tenant = self._tenant_tables_by_name
         links = [fk.columns for fk in entry.table.foreign_keys
                  if fk.ref_table in tenant or self._top(fk.ref_table) in tenant]
         return global_uniques(entry.table, entry.column, links)

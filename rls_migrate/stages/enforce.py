@@ -31,7 +31,7 @@ from psycopg import sql
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
 from rls_migrate.executor import Executor, StepOutcome
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -158,7 +158,7 @@ def _require_bypassrls(admins: tuple[str, ...]) -> sql.Composed:
         " admin_mode: policy', missing;\n"
         "  END IF;\n"
         "END", sql.Literal(list(admins)))
-    return compose("DO {}", sql.Literal(body.as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(body)))
 
 
 def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -147,7 +147,7 @@ def _role_setting(role: str, value: int | None) -> sql.Composed:
         body = compose("BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET {} = %s', {},"
                        " current_database(), {}); END", sql.SQL(PARAMETER_SETTING),
                        sql.Literal(role), sql.Literal(value))
-    return compose("DO {}", sql.Literal(body.as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(body)))
 
 
 def _capture_parameters(ctx: PlanContext) -> Step | None:

@@ -52,7 +52,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -304,7 +304,7 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
         "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS boolean"
         " LANGUAGE plpgsql VOLATILE SECURITY DEFINER COST 1"
         " SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS {body}"
-    , fn=recorder(entry, operation), body=sql.Literal(body.as_string(None)))
+    , fn=recorder(entry, operation), body=sql.Literal(as_text(body)))
 
 
 def install_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:

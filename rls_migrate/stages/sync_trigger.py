@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -186,19 +186,25 @@ def owner_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
         col=col, key=_row_key(entry, "c"), owned=entry.ident, match=match, record=record)
 
 
-def create_function(fn: sql.Identifier, body: sql.Composed) -> sql.Composed:
-    """``CREATE OR REPLACE FUNCTION`` of a trigger function: SECURITY DEFINER (the parent
-    and owned rows are read and written with the migration role's rights, whatever tenant
-    the writer's policies show), with a fixed search_path (everything in the body is
-    schema-qualified)."""
+def create_function(fn: sql.Identifier, body: str) -> sql.Composed:
+    """``CREATE OR REPLACE FUNCTION`` of a trigger function whose PL/pgSQL is ``body`` (see
+    :func:`body_text`): SECURITY DEFINER (the parent and owned rows are read and written with
+    the migration role's rights, whatever tenant the writer's policies show), with a fixed
+    search_path (everything in the body is schema-qualified)."""
     return compose("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
                    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}",
-                   fn=fn, body=sql.Literal(body.as_string(None)))
+                   fn=fn, body=sql.Literal(body))
 
 
-def function_current_check(fn: sql.Identifier, body: sql.Composed) -> sql.Composed:
+def function_current_check(fn: sql.Identifier, body: str) -> sql.Composed:
     """True when ``fn`` exists with exactly this body and SECURITY DEFINER: a function
     an older toolkit created is replaced by a rerun."""
     return compose("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure({})"
                    " AND prosrc = {} AND prosecdef)",
-                   sql.Literal(fn.as_string(None) + "()"), sql.Literal(body.as_string(None)))
+                   sql.Literal(as_text(fn) + "()"), sql.Literal(body))
+
+
+def body_text(body: sql.Composed) -> str:
+    """A function body as the text both :func:`create_function` and
+    :func:`function_current_check` quote (rendered once for the two)."""
+    return as_text(body)

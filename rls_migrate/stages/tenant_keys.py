@@ -39,7 +39,7 @@ from psycopg import sql
 
 from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName, quote_ident
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     ESTIMATED_INDEX_BYTES_PER_S,
     PlanContext,
@@ -268,7 +268,7 @@ def _set_lock_timeout(ms: float) -> sql.Composed:
 
 
 def _do(body: sql.Composable) -> sql.Composed:
-    return compose("DO {}", sql.Literal(compose("BEGIN {} END", body).as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(compose("BEGIN {} END", body))))
 
 
 def _index_ready(qname: QualifiedName, name: str) -> sql.Composed:
