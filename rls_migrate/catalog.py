@@ -68,11 +68,16 @@ class QualifiedName:
         """``public.issues``, ``issues``, ``"Project Notes"``, ``"my.schema"."t"``."""
         return _parse_qualified(text, default_schema)
 
-    @property
+    @functools.cached_property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        # Once per name: a plan of 1,000 tables prints names tens of thousands of times.
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
     @property

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Sequence
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from psycopg import sql
 
@@ -155,7 +155,13 @@ class PlanContext:
     def key_type(self) -> str:
         return self.playbook.tenant.key_type
 
-    @property
+    @functools.cached_property
+    def memo(self) -> dict[tuple[object, ...], Any]:
+        """What stages build alike from this context, built once (observe and enforce
+        install the same recorder functions)."""
+        return {}
+
+    @functools.cached_property
     def root(self) -> QualifiedName:
         return self.playbook.tenant.qname
 
@@ -211,6 +217,10 @@ class PlanContext:
         return current_tenant_sql(self.playbook.tenant.setting, self.key_type)
 
     def key_column_type(self) -> str:
+        return self._key_column_type
+
+    @functools.cached_property
+    def _key_column_type(self) -> str:
         root = self.catalog.tables.get(self.root)
         col = root.column(self.playbook.tenant.key) if root else None
         return col.type if col else self.key_type
@@ -338,6 +348,7 @@ def _parents_first(entries: dict[QualifiedName, TenantTable]) -> list[TenantTabl
     return ordered
 
 
+@functools.lru_cache(maxsize=65536)
 def object_name(prefix: str, qname: QualifiedName, suffix: str = "") -> str:
     """A deterministic name that fits PostgreSQL's 63 bytes, e.g. ``comments_tenant_idx``.
 
@@ -366,6 +377,7 @@ def _digest(text: str, size: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:size]
 
 
+@functools.lru_cache(maxsize=65536)
 def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
     """A toolkit function for one table, in the ``rls_migrate`` schema."""
     return sql.Identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", qname))
@@ -386,6 +398,7 @@ def regclass_literal(qname: QualifiedName) -> sql.Composed:
     return compose("{}::regclass", sql.Literal(regclass_text(qname)))
 
 
+@functools.lru_cache(maxsize=65536)
 def regclass_text(qname: QualifiedName) -> str:
     """The quoted ``"schema"."table"`` text that ``::regclass`` accepts for any name."""
 

@@ -212,6 +212,17 @@ def _session_capture(ctx: PlanContext) -> sql.Composable:
 
 
 def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
+    """:func:`build_recorder_function`, built once per plan (observe and enforce both
+    install it)."""
+    key = ("recorder_function", entry.qname, operation)
+    found: sql.Composed | None = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = build_recorder_function(ctx, entry, operation)
+    return found
+
+
+def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
+                            ) -> sql.Composed:
     """The recording function: a stable LOG line and a sample row once per statement, table
     and operation, and always ``true``.
 
