@@ -45,6 +45,7 @@ from rls_migrate.stages.common import PlanContext, TenantTable, comparable, regc
 from rls_migrate.steps import Plan
 
 SAMPLE_SIZE = 5
+_KINDS = ("null_keys", "null_links", "orphans")
 STATEMENT_TIMEOUT_MS = 120_000
 """Per table. A preflight that cannot finish in this time reports the table as unchecked."""
 EMPTY_LOCK_TIMEOUT_MS = 1_000
@@ -121,6 +122,11 @@ def _link_null(entry: TenantTable, alias: str) -> sql.Composable:
         return sql.SQL("false")
     return sql.SQL(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
                                 for c in entry.parent.columns)
+
+
+def _kinds(entry: TenantTable) -> tuple[str, ...]:
+    """The kinds of rows without a tenant ``entry`` can have (see :func:`_conditions`)."""
+    return ("null_keys",) if entry.strategy in ("direct", "root") else _KINDS
 
 
 def _conditions(ctx: PlanContext, entry: TenantTable,
@@ -282,9 +288,6 @@ def _batches(entries: list[TenantTable]) -> list[list[TenantTable]]:
     return out
 
 
-_KINDS = ("null_keys", "null_links", "orphans")
-
-
 def _count_batch(conn: psycopg.Connection[Any], batch: list[TenantTable],
                  conditions: dict[QualifiedName, dict[str, sql.Composable]],
                  text: SqlText) -> dict[QualifiedName, dict[str, int]]:
@@ -315,7 +318,7 @@ def _findings(conn: psycopg.Connection[Any], ctx: PlanContext,
     present = _columns_present(conn, ctx)
     conflicts = sync_conflicts(conn)
     bases: dict[QualifiedName, TableFindings] = {}
-    conditions: dict[QualifiedName, dict[str, sql.Composable]] = {}
+    checked: list[TenantTable] = []
     for entry in ctx.tenant_tables:
         if tables is not None and entry.qname not in tables:
             continue
@@ -329,14 +332,16 @@ def _findings(conn: psycopg.Connection[Any], ctx: PlanContext,
             bases[entry.qname] = dataclasses.replace(
                 base, unchecked="its tenant column is missing")
             continue
-        conditions[entry.qname] = _conditions(ctx, entry, present)
+        checked.append(entry)
     counted: dict[QualifiedName, dict[str, int]] = {}
     timed_out = f"not checked: longer than {STATEMENT_TIMEOUT_MS / 1000:g} s"
-    checked = [e for e in ctx.tenant_tables if e.qname in conditions]
     empty = _empty_now(conn, checked)
+    conditions: dict[QualifiedName, dict[str, sql.Composable]] = {}
     for entry in checked:
         if entry.qname in empty:
-            counted[entry.qname] = dict.fromkeys(conditions[entry.qname], 0)
+            counted[entry.qname] = dict.fromkeys(_kinds(entry), 0)
+        else:
+            conditions[entry.qname] = _conditions(ctx, entry, present)
     checked = [e for e in checked if e.qname not in empty]
     text = SqlText(conn)
     for batch in _batches(checked):
