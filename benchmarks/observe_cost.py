@@ -19,9 +19,10 @@ and return exactly the same rows in every mode, which is checked before timing):
 
 Set-up: the sample SaaS database at each scale in ``BENCH_OBSERVE_SCALES`` (default ``5,100``:
 50,000 and 1,000,000 comments), taken through prepare .. index once, then copied three times
-(``CREATE DATABASE ... TEMPLATE``): ``none`` (no RLS), ``observe`` (``apply --stage observe``)
-and ``enforced`` (``apply --stage enforce``), so every mode has the same rows, indexes and
-statistics. Each statement runs as the application role with tenant 13's context set per
+(``CREATE DATABASE ... TEMPLATE``): ``none`` (no RLS), ``observe`` (``apply --stage observe``),
+``enforced`` (``apply --stage enforce``) and ``enforced_plain`` (enforced, with the index
+stage's tenant statistics dropped: what the policy costs without them), so every mode has the
+same rows, indexes and statistics. Each statement runs as the application role with tenant 13's context set per
 transaction (``set_config(..., true)``), bound parameters (extended protocol). Repetitions are
 interleaved (statement by statement, the modes in a rotated order), after a warm-up;
 reported: medians, the median of each repetition's ratio, and the ratio of the fastest runs
@@ -66,7 +67,9 @@ from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("none", "enforced", "observe")
+MODES = ("none", "enforced_plain", "enforced", "observe")
+"""``enforced_plain``: enforced without the index stage's tenant statistics (dropped), the
+baseline of what they buy."""
 BEFORE_OBSERVE = ("prepare", "add-column", "backfill", "constrain", "index")
 
 STATEMENTS: dict[str, LiteralString] = {
@@ -197,10 +200,15 @@ def prepare_databases(server: servers.LocalServer, scale: float) -> dict[str, An
                 sql.Identifier(name), sql.Identifier(src)))
         dsns[mode] = server.dsn(name)
     copy_s = time.perf_counter() - t0
-    for stage in ("observe",):
-        for mode in ("observe", "enforced"):
-            assert apply_stage(dsns[mode], playbook, stage).result.failed == 0
-    assert apply_stage(dsns["enforced"], playbook, "enforce").result.failed == 0
+    for mode in ("observe", "enforced", "enforced_plain"):
+        assert apply_stage(dsns[mode], playbook, "observe").result.failed == 0
+    for mode in ("enforced", "enforced_plain"):
+        assert apply_stage(dsns[mode], playbook, "enforce").result.failed == 0
+    with psycopg.connect(dsns["enforced_plain"], autocommit=True) as conn:
+        for schema, name in conn.execute(
+                "SELECT stxnamespace::regnamespace::text, stxname FROM pg_statistic_ext"
+                " WHERE stxname LIKE '%rlsm_dep'").fetchall():
+            conn.execute(sql.SQL("DROP STATISTICS {}").format(sql.Identifier(schema, name)))
     return {"counts": counts, "load_s": round(load_s, 1), "stages_s": round(stages_s, 1),
             "copy_s": round(copy_s, 1), "dsns": dsns, "source": src}
 
@@ -245,6 +253,8 @@ def measure(server: servers.LocalServer, dsns: dict[str, str], params: dict[str,
             r["best_observe_vs_none"] = round(r["best_ms"]["observe"] / r["best_ms"]["none"], 2)
             r["observe_vs_enforced"] = round(statistics.median(
                 [o / e for o, e in zip(ms["observe"], ms["enforced"], strict=True)]), 2)
+            r["plain_vs_none"] = round(statistics.median(
+                [e / n for e, n in zip(ms["enforced_plain"], ms["none"], strict=True)]), 2)
             r["enforced_vs_none"] = round(statistics.median(
                 [e / n for e, n in zip(ms["enforced"], ms["none"], strict=True)]), 2)
             r["observe_vs_none"] = round(statistics.median(
@@ -298,16 +308,18 @@ def main() -> None:
           f" bound parameters; interleaved repetitions, medians; load average"
           f" {report['load_average']} on {os.cpu_count()} cores")
     print()
-    print("| scale (comments) | statement | rows | no RLS ms | enforced ms | observe ms "
-          "| observe / enforced | observe / no RLS | enforced / no RLS "
+    print("| scale (comments) | statement | rows | no RLS ms | enforced without tenant "
+          "statistics ms | enforced ms | observe ms | observe / enforced | observe / no RLS "
+          "| enforced without statistics / no RLS | enforced / no RLS "
           "| best of runs: observe / enforced, observe / no RLS |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scale, s in report["scales"].items():
         for name, r in s["statements"].items():
             m = r["median_ms"]
             print(f"| {float(scale):g} ({s['comments']:,}) | {name} | {r['rows']:,} "
-                  f"| {m['none']:.2f} | {m['enforced']:.2f} | {m['observe']:.2f} "
-                  f"| **{r['observe_vs_enforced']:.2f}x** | {r['observe_vs_none']:.2f}x "
+                  f"| {m['none']:.2f} | {m['enforced_plain']:.2f} | {m['enforced']:.2f} "
+                  f"| {m['observe']:.2f} | **{r['observe_vs_enforced']:.2f}x** "
+                  f"| {r['observe_vs_none']:.2f}x | {r['plain_vs_none']:.2f}x "
                   f"| {r['enforced_vs_none']:.2f}x | {r['best_observe_vs_enforced']:.2f}x, "
                   f"{r['best_observe_vs_none']:.2f}x |")
     print()

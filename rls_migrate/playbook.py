@@ -372,6 +372,11 @@ class IndexOptions(Strict):
     tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
     twin_min_scans: int = Field(
         default=1, ge=0, description="twin an existing index used at least this often")
+    tenant_statistics: bool = Field(
+        default=True,
+        description="CREATE STATISTICS (dependencies) on each link to a tenant parent and the "
+                    "tenant column, then ANALYZE: without them the planner multiplies the "
+                    "policy's selectivity with the link's and misplans legacy joins")
     tenant_foreign_keys: bool = Field(
         default=False,
         description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "

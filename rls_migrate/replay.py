@@ -2,8 +2,10 @@
 
 A recording is a *candidate*: a correct statement whose plan scans other tenants' rows (a
 hash or merge join that scans a child, a recursive CTE, a generic plan, a non-leakproof
-``lower(email) = $1`` or a ``= ANY($1::smallint[])`` that runs after the policy) calls the
-recorder although the rows it returns are exactly its tenant's. So each group's samples (up
+``lower(email) = $1`` or a ``= ANY($1::smallint[])`` that runs after the policy, or an
+``UPDATE`` that waited for a concurrent update of the same row and re-checks its new version:
+PostgreSQL's EvalPlanQual evaluates every InitPlan the re-check may need, the lazy recorder
+included) calls the recorder although the rows it returns are exactly its tenant's. So each group's samples (up
 to ``options.observe.replay_samples`` distinct parameter sets, the latest first) are
 replayed, each in its own transaction:
 

@@ -31,7 +31,6 @@ from rls_migrate.playbook import Playbook
 from rls_migrate.report import Violation, build_report, parse_log_line
 from rls_migrate.runner import apply_stage, rollback_to
 from rls_migrate.testing import servers
-from rls_migrate.workload import Workload
 
 BEFORE_OBSERVE = ("prepare", "add-column", "backfill", "constrain", "index")
 Conn = psycopg.Connection[Any]
@@ -527,22 +526,3 @@ def test_rollback_restores_rls_flags_and_policies(db: ObserveDb) -> None:
     assert rls_state(db.dsn) == before  # labels keeps its RLS and its policy
     db.observe()  # and forward again
     assert rls_state(db.dsn)["flags"] == during["flags"]
-
-
-# --------------------------------------------------------------------------- under load
-
-
-def test_sample_workload_records_only_the_forgotten_job(db: ObserveDb) -> None:
-    db.observe()
-    with Workload(db.app_dsn(), db.dsn, threads=2, forgotten_job=True,
-                  forgotten_every_s=0.1) as load:
-        time.sleep(1.0)
-    stats = load.stats.summary()
-    assert stats["errors"] == 0, stats["error_samples"]
-    with psycopg.connect(db.dsn, autocommit=True) as conn:
-        report = build_report(conn, db.playbook)
-    assert [(g.table, g.operation, g.kind, g.application_name, g.statement)
-            for g in report.groups] == [
-        ("public.comments", "read", "no_context", "nightly-report",
-         "SELECT count(*) FROM comments")]
-    assert report.groups[0].count == stats["forgotten_job_runs"]

@@ -55,6 +55,7 @@ KINDS = (
     "create_index",
     "create_index_on_only",
     "attach_index",
+    "tenant_statistics",
     "observe_policy",
     "enforce_policy",
 )

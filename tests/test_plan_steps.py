@@ -149,10 +149,17 @@ def test_one_hop_derived_issues(sample: Sample, conn: Conn) -> None:
                       (f"set_not_null:{t}", "set_not_null"),
                       (f"drop_not_null_check:{t}", "drop_check"),
                       (f"validate_tenant_fk:{t}", "validate_constraint")],
-        "index": [(f"create_index:{t}:issues_tenant_id_rlsm_idx", "create_index")],
+        "index": [(f"create_index:{t}:issues_tenant_id_rlsm_idx", "create_index"),
+                  (f"tenant_statistics:{t}", "tenant_statistics")],
         **observe_and_enforce("issues"),
     }
     plan = sample.plan
+    statistics = step(plan, f"tenant_statistics:{t}")
+    assert texts(statistics, conn) == [
+        'CREATE STATISTICS IF NOT EXISTS "public"."issues_project_id_rlsm_dep" (dependencies)'
+        ' ON "project_id", "tenant_id" FROM "public"."issues"',
+        'ANALYZE "public"."issues" ("project_id", "tenant_id")']
+    assert (statistics.lock, statistics.transactional) == (Lock.SHARE_UPDATE_EXCLUSIVE, True)
     assert texts(step(plan, f"add_column:{t}"), conn) == [
         'ALTER TABLE "public"."issues" ADD COLUMN IF NOT EXISTS "tenant_id" bigint']
     assert texts(step(plan, f"sync_trigger:{t}"), conn)[1:] == [
@@ -310,7 +317,8 @@ def test_table_without_primary_key_audit_log(sample: Sample, conn: Conn) -> None
     t = "public.audit_log"
     stages = by_stage(plan, q("audit_log"))
     assert stages["constrain"] == [(f"validate_tenant_fk:{t}", "validate_constraint")]
-    assert stages["index"] == [(f"create_index:{t}:audit_log_tenant_id_rlsm_idx", "create_index")]
+    assert stages["index"] == [(f"create_index:{t}:audit_log_tenant_id_rlsm_idx", "create_index"),
+                               (f"tenant_statistics:{t}", "tenant_statistics")]
     assert any(n.startswith(f"{t}: tenant_id stays nullable (a hint whose orphans are skipped")
                for n in plan.stage("constrain").notes)
     backfill = step(plan, f"backfill:{t}")
@@ -352,7 +360,8 @@ def test_twins_follow_index_usage(sample: Sample, pg_server: servers.PostgresSer
         issues = [s for s in plan.stage("index") if s.table == q("issues")]
         assert [s.id for s in issues] == [
             "create_index:public.issues:issues_tenant_id_rlsm_idx",
-            "create_index:public.issues:issues_created_at_idx_rlsm_idx"]
+            "create_index:public.issues:issues_created_at_idx_rlsm_idx",
+            "tenant_statistics:public.issues"]
         with psycopg.connect(dsn) as c:
             assert texts(issues[1], c)[1] == (
                 'CREATE INDEX CONCURRENTLY IF NOT EXISTS "issues_created_at_idx_rlsm_idx" ON '

@@ -11,6 +11,8 @@ import csv
 import dataclasses
 import io
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from rls_migrate.report import Report, build_report
 from rls_migrate.report_cli import render_text
 from rls_migrate.runner import apply_stage
 from rls_migrate.testing import servers
+from rls_migrate.workload import Workload
 
 # --------------------------------------------------------------------------- pure parts
 
@@ -297,3 +300,60 @@ def test_a_server_side_cursor_records_and_replays_its_query(db: ObserveDb) -> No
     (group,) = report.groups  # one group: the query, not the cursor's name
     assert group.statement.startswith("DECLARE ? ") and group.count == 2
     assert group.verdict is not None and group.verdict.verdict == HARMLESS, group.verdict
+
+
+def test_a_concurrent_update_of_the_same_row_is_a_candidate_replay_finds_harmless(
+        db: ObserveDb) -> None:
+    """Two requests of one tenant update the same row. The second waits for the first, then
+    re-checks the row's new version (EvalPlanQual), and PostgreSQL evaluates every InitPlan
+    the re-check may need first, the lazy recorder included: observe records a correct
+    statement that no row of another tenant ever reached. Replay shows it harmless."""
+    issue = db.scalar("SELECT min(id) FROM issues WHERE tenant_id = 1")
+    update = "UPDATE issues SET status = %s WHERE id = %s"
+    with db.app("first") as first, db.app("second") as second:
+        first_pid = first.info.backend_pid
+        with tenant_transaction(first, 1):
+            first.execute(update, ["closed", issue])
+            waiter = threading.Thread(target=_in_tenant, args=(second, 1, update,
+                                                               ["open", issue]))
+            waiter.start()
+            with db.owner() as owner:  # until the second one waits for the first's row
+                while not owner.execute(
+                        "SELECT %s = ANY(pg_blocking_pids(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = 'second'", [first_pid]).fetchone() == (True,):
+                    time.sleep(0.01)
+        waiter.join()
+    assert db.scalar("SELECT status FROM issues WHERE id = %s", [issue]) == "open"
+    (group,) = report_of(db).groups
+    assert (group.application_name, group.operation, group.kind) == (
+        "second", "read", "wrong_tenant")
+    assert group.statement == "UPDATE issues SET status = ? WHERE id = ?"
+    found = verdicts(report_of(db, confirm_groups=True))
+    assert found["second"][0] == HARMLESS, found
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        assert enforce_gate(conn, db.playbook, False) is None
+
+
+def _in_tenant(conn: psycopg.Connection[Any], tenant: int, query: str,
+               params: list[Any]) -> None:
+    with tenant_transaction(conn, tenant):
+        conn.execute(query, params)
+
+
+def test_the_sample_workload_blocks_the_gate_on_the_forgotten_job_only(db: ObserveDb) -> None:
+    """Correct traffic under load: whatever it records (requests of one tenant updating the
+    same row, above) replays harmless; the nightly job without tenant context is confirmed,
+    every run of it counted."""
+    with Workload(db.app_dsn(), db.dsn, threads=2, forgotten_job=True,
+                  forgotten_every_s=0.1) as load:
+        time.sleep(1.0)
+    stats = load.stats.summary()
+    assert stats["errors"] == 0, stats["error_samples"]
+    report = report_of(db, confirm_groups=True)
+    blocking = [g for g in report.groups if not g.harmless]
+    assert [(g.table, g.operation, g.kind, g.application_name, g.statement)
+            for g in blocking] == [
+        ("public.comments", "read", "no_context", "nightly-report",
+         "SELECT count(*) FROM comments")]
+    assert blocking[0].count == stats["forgotten_job_runs"]
+    assert blocking[0].verdict is not None and blocking[0].verdict.verdict == CONFIRMED

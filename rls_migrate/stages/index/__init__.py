@@ -15,6 +15,8 @@ Opt-in, per the playbook:
 * ``tenant_unique``: a global ``UNIQUE (email)`` (it reveals that another tenant has the
   value) becomes ``UNIQUE (tenant, email)``: built concurrently, swapped in by one short
   ``DROP CONSTRAINT, ADD CONSTRAINT ... USING INDEX``;
+* ``options.index.tenant_statistics`` (on by default): extended statistics that tell the
+  planner a row's tenant follows from its link to the parent (:mod:`.statistics`);
 * ``options.index.tenant_foreign_keys``: ``UNIQUE (tenant, id)`` on parents and composite
   foreign keys ``(tenant, parent_id) -> parent (tenant, id)``, added NOT VALID then
   validated, so the database guarantees that a child's tenant is its parent's.
@@ -30,8 +32,8 @@ waits for.
 One module per idea: :mod:`.shapes` (index definitions taken apart, our names),
 :mod:`.tenant_index` (the tenant index, twins, concurrent and partitioned builds),
 :mod:`.uniques` (tenant-scoped uniques and keys), :mod:`.foreign_keys` (tenant-consistent
-foreign keys), :mod:`.build_watcher` (the runtime handler of a build); the stage itself, which
-puts them together, is here.
+foreign keys), :mod:`.statistics` (the planner's statistics), :mod:`.build_watcher` (the
+runtime handler of a build); the stage itself, which puts them together, is here.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.index import build_watcher  # noqa: F401 (registers its kind handler)
 from rls_migrate.stages.index.foreign_keys import fk_steps, tenant_foreign_keys
 from rls_migrate.stages.index.shapes import IndexShape, is_ours
+from rls_migrate.stages.index.statistics import statistics_steps
 from rls_migrate.stages.index.tenant_index import (
     check_columns,
     extra_index_name,
@@ -105,6 +108,9 @@ def plan(ctx: PlanContext) -> StagePlan:
                          f"{', '.join(sorted(unknown))}")
     steps.extend(constraint_steps)
     steps.extend(fk_steps(fks))
+    if ctx.playbook.options.index.tenant_statistics:
+        for entry in ctx.tenant_tables:
+            steps.extend(statistics_steps(ctx, entry))
     return StagePlan("index", tuple(_unique_ids(steps)), tuple(notes))
 
 
