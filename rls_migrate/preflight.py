@@ -40,7 +40,7 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.errors import GateClosed
 from rls_migrate.playbook import Playbook
-from rls_migrate.sqlcompose import SqlText, compose
+from rls_migrate.sqlcompose import SqlText, compose, sep
 from rls_migrate.stages.common import PlanContext, TenantTable, comparable, regclass_text
 from rls_migrate.steps import Plan
 
@@ -85,7 +85,7 @@ def _key_text(entry: TenantTable, alias: str) -> sql.Composable:
     keys = entry.table.primary_key
     if not keys:
         return compose("{}.ctid::text", sql.Identifier(alias))
-    return compose("concat_ws(',', {})", sql.SQL(", ").join(
+    return compose("concat_ws(',', {})", sep(", ").join(
         compose("{}::text", sql.Identifier(alias, k)) for k in keys))
 
 
@@ -111,7 +111,7 @@ def _resolved(ctx: PlanContext, entry: TenantTable, depth: int,
         match.append(compose("{} = {}", sql.Identifier(palias, ref_col), child))
     via = compose("(SELECT {} FROM {} AS {} WHERE {} LIMIT 1)",
                   _resolved(ctx, parent, depth + 1, column_exists), parent.ident,
-                  sql.Identifier(palias), sql.SQL(" AND ").join(match))
+                  sql.Identifier(palias), sep(" AND ").join(match))
     if entry.qname in column_exists:
         return compose("COALESCE({}, {})", own, via)
     return via
@@ -120,7 +120,7 @@ def _resolved(ctx: PlanContext, entry: TenantTable, depth: int,
 def _link_null(entry: TenantTable, alias: str) -> sql.Composable:
     if entry.parent is None or entry.owned or entry.strategy in ("direct", "root"):
         return sql.SQL("false")
-    return sql.SQL(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
+    return sep(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
                                 for c in entry.parent.columns)
 
 
@@ -301,9 +301,9 @@ def _count_batch(conn: psycopg.Connection[Any], batch: list[TenantTable],
                    for condition in conditions[entry.qname].values()]
         columns += [sql.SQL("NULL::bigint")] * (len(_KINDS) - len(columns))
         selects.append(compose("SELECT {}, {} FROM {} AS {}", sql.Literal(i),
-                               sql.SQL(", ").join(columns), entry.ident, sql.Identifier("a0")))
+                               sep(", ").join(columns), entry.ident, sql.Identifier("a0")))
     with _under_timeout(conn):
-        query = text(sql.SQL(" UNION ALL ").join(selects)).encode(conn.info.encoding)
+        query = text(sep(" UNION ALL ").join(selects)).encode(conn.info.encoding)
         rows = conn.execute(query).fetchall()
     out = {}
     for row in rows:

@@ -30,7 +30,7 @@ from psycopg import sql
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError, StepFailed
 from rls_migrate.playbook import Options
-from rls_migrate.sqlcompose import compose, for_params
+from rls_migrate.sqlcompose import compose, for_params, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -52,14 +52,14 @@ def _key_expr(columns: Sequence[str], alias: str) -> sql.Composable:
     parts = [sql.Identifier(alias, c) for c in columns]
     if len(parts) == 1:
         return parts[0]
-    return compose("({})", sql.SQL(", ").join(parts))
+    return compose("({})", sep(", ").join(parts))
 
 
 def _params(types: Sequence[str]) -> sql.Composable:
     parts = [compose("%s::{}", sql.SQL(t)) for t in types]
     if len(parts) == 1:
         return parts[0]
-    return compose("({})", sql.SQL(", ").join(parts))
+    return compose("({})", sep(", ").join(parts))
 
 
 def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, first: bool
@@ -73,7 +73,7 @@ def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, firs
 
 
 def _key_text(columns: Sequence[str], alias: str) -> sql.Composed:
-    return sql.SQL(", ").join(compose("{}::text", sql.Identifier(alias, c))
+    return sep(", ").join(compose("{}::text", sql.Identifier(alias, c))
                               for c in columns)
 
 
@@ -106,7 +106,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
     if table.primary_key:
         keys = table.primary_key
         types = [table.column(k).type for k in keys]  # type: ignore[union-attr]
-        order = sql.SQL(", ").join(sql.Identifier("c", k) for k in keys)
+        order = sep(", ").join(sql.Identifier("c", k) for k in keys)
 
         def fill_range(first: bool) -> sql.Composed:
             # The gathering form reads the key range once more, to collect the parents.
@@ -133,7 +133,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         ahead, first_ahead = key_ahead(False), key_ahead(True)
         max_key = compose("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1",
                           txt=_key_text(keys, "c"), t=t,
-                          desc=sql.SQL(", ").join(compose("{} DESC", sql.Identifier("c", k))
+                          desc=sep(", ").join(compose("{} DESC", sql.Identifier("c", k))
                                                   for k in keys))
         sample_key = compose("concat_ws(',', {})", _key_text(keys, "c"))
         uses_ctid = False
@@ -778,7 +778,7 @@ def _batch_settings(cur: psycopg.Cursor[Any], spec: BackfillSpec, skip_triggers:
     settings = [*spec.batch_settings, ("synchronous_commit", "off")]
     if skip_triggers:
         settings.append(("session_replication_role", "replica"))
-    cur.execute(compose("SELECT {}", sql.SQL(", ").join(
+    cur.execute(compose("SELECT {}", sep(", ").join(
         sql.SQL("set_config(%s, %s, true)") for _ in settings)),
         [v for pair in settings for v in pair])
 

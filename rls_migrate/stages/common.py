@@ -14,7 +14,7 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, Column, Index, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
 
@@ -385,8 +385,8 @@ def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
 
 def columns_sql(columns: Sequence[str], alias: str | None = None) -> sql.Composed:
     if alias:
-        return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
-    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        return sep(", ").join(sql.Identifier(alias, c) for c in columns)
+    return sep(", ").join(sql.Identifier(c) for c in columns)
 
 
 def exists_sql(query: sql.Composable) -> sql.Composed:
@@ -478,4 +478,4 @@ def parent_match(entry: TenantTable, child: str,
         else:
             parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
                                  sql.SQL(theirs)))
-    return sql.SQL(" AND ").join(parts)
+    return sep(" AND ").join(parts)

@@ -31,7 +31,7 @@ from psycopg import sql
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
 from rls_migrate.executor import Executor, StepOutcome
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, sep
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -141,7 +141,7 @@ def enforced_check(plan: TableEnforcement) -> sql.Composed:
         parts.append(compose(
             "EXISTS (SELECT 1 FROM pg_class WHERE oid = {} AND relforcerowsecurity)",
             regclass_literal(entry.qname)))
-    return compose("SELECT {}", sql.SQL(" AND ").join(parts))
+    return compose("SELECT {}", sep(" AND ").join(parts))
 
 
 def _require_bypassrls(admins: tuple[str, ...]) -> sql.Composed:
@@ -190,7 +190,7 @@ def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
                                baseline, ident))
         parts.append(f"baseline USING (true) narrowed to {roles.app}'s tenant")
     if plan.admin_policy:
-        admins = sql.SQL(", ").join(sql.Identifier(r) for r in roles.admin)
+        admins = sep(", ").join(sql.Identifier(r) for r in roles.admin)
         statements += [
             compose("DROP POLICY IF EXISTS {} ON {}", admin, ident),
             compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true)"

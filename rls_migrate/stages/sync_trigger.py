@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -69,7 +69,7 @@ def _row_key(entry: TenantTable, row: str) -> sql.Composable:
         parts = [compose("NEW.{}::text", sql.Identifier(k)) for k in keys]
     else:
         parts = [compose("c.{}::text", sql.Identifier(k)) for k in keys]
-    return compose("concat_ws(',', {})", sql.SQL(", ").join(parts))
+    return compose("concat_ws(',', {})", sep(", ").join(parts))
 
 
 def _record_conflict(entry: TenantTable, row_key: sql.Composable, found: sql.Composable,
@@ -97,11 +97,11 @@ def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     assert entry.parent is not None and entry.parent_column is not None
     col = sql.Identifier(entry.column)
     ctype = sql.SQL(ctx.tenant_type(entry))
-    new_fk = sql.SQL(", ").join(compose("NEW.{}", sql.Identifier(c))
+    new_fk = sep(", ").join(compose("NEW.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    old_fk = sql.SQL(", ").join(compose("OLD.{}", sql.Identifier(c))
+    old_fk = sep(", ").join(compose("OLD.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    link_null = sql.SQL(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(c))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(c))
                                      for c in entry.parent.columns)
     setting = sql.Literal(ctx.playbook.tenant.setting)
     record = _record_conflict(entry, _row_key(entry, "NEW"), sql.SQL("rlsm_found"),
@@ -158,9 +158,9 @@ def owner_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     # NEW here is the owner's row: its link columns are the parent ref's ref_columns.
     owner_tenant = cast_sql(compose("NEW.{}", sql.Identifier(entry.parent_column)),
                             ctx.tenant_type(owner), ctx.tenant_type(entry))
-    link_null = sql.SQL(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(r))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(r))
                                      for r in entry.parent.ref_columns)
-    match = sql.SQL(" AND ").join(
+    match = sep(" AND ").join(
         compose("c.{} = NEW.{}", sql.Identifier(c), sql.Identifier(r))
         for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
     record = _record_conflict(entry, sql.SQL("rlsm_key"), sql.SQL("rlsm_tenant"),
