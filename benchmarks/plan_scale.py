@@ -92,7 +92,8 @@ def run_plan(dsn: str, playbook: Path, fmt: str, *options: str,
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "rls_migrate", "plan", str(playbook), "--dsn",
                            dsn, "--format", fmt, *options], capture_output=True, timeout=600,
-                          check=False, env=env)
+                          check=False, env=env, cwd=playbook.parent)  # not the checkout's
+                          # directory: `-m` would import rls_migrate from there first
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
