@@ -37,11 +37,23 @@ what issue 16 asks to bring to at most one per statement, table and operation.
 
 Target (issue 16): observe <= 1.25x enforced on each statement.
 
+Writes (``writes`` part): what observe's write-truth triggers add to each deleted or updated
+row (see :mod:`rls_migrate.stages.write_truth`), observe mode with them against observe mode
+without them (a fourth copy, its triggers dropped), in rolled-back transactions, interleaved:
+the tenant-scoped DELETE of the tenant's events and UPDATE of its comments (no recorder flags
+them: every row pays the trigger's ``WHEN``, nothing else), a DELETE that scans every
+tenant's events and the legacy UPDATE through ``issues`` (a hash join scanning every comment):
+flagged, so their rows pay the ``WHEN``'s tenant comparison too, and the statement one
+write-truth record. Reported: ms per statement, microseconds per changed row, the ratio.
+
     python -m benchmarks observe_cost
     BENCH_OBSERVE_SCALES=5 BENCH_OBSERVE_REPS=11 python -m benchmarks.observe_cost
+    BENCH_OBSERVE_PARTS=writes BENCH_OBSERVE_SCALES=5 python -m benchmarks.observe_cost
 
 Environment: BENCH_BACKEND (embedded | system), BENCH_OBSERVE_SCALES (5,100),
-BENCH_OBSERVE_REPS (15 at scales up to 10, 7 above), BENCH_OBSERVE_TENANT (13).
+BENCH_OBSERVE_REPS (15 at scales up to 10, 7 above), BENCH_OBSERVE_TENANT (13),
+BENCH_OBSERVE_PARTS (``reads,writes``; ``writes`` alone writes
+``results/observe_write_cost.json`` and leaves ``observe_cost.json`` alone).
 """
 
 from __future__ import annotations
@@ -64,6 +76,8 @@ from rls_migrate.catalog import Catalog
 from rls_migrate.demo import sample_playbook
 from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
+from rls_migrate.stages import write_truth
+from rls_migrate.stages.common import PlanContext, with_partitions
 from rls_migrate.testing import servers
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,6 +108,26 @@ STATEMENTS: dict[str, LiteralString] = {
     "lower_filter":
         "SELECT id, name FROM users WHERE lower(email) = lower(%(email)s)",
 }
+
+
+WRITE_MODES = ("observe_no_wt", "observe")
+"""Observe mode without and with the write-truth triggers."""
+
+WRITES: dict[str, LiteralString] = {
+    "delete_scoped":
+        "DELETE FROM events WHERE account_id = %(tenant)s",
+    "update_scoped":
+        "UPDATE comments SET body = body WHERE tenant_id = %(tenant)s",
+    "delete_scan":
+        "DELETE FROM events WHERE account_id + 0 = %(tenant)s",
+    "update_legacy":
+        "UPDATE comments c SET body = c.body FROM issues i WHERE i.id = c.issue_id"
+        " AND i.project_id = %(project)s",
+}
+"""Tenant-scoped (no recorder flags them) and scanning other tenants' rows (flagged: a
+sequential scan of every tenant's events, a hash join scanning every comment). ``events``
+(partitioned, nothing references it) for the deletes: a comment is referenced by its
+replies and attachments."""
 
 
 def playbook_for(dsn: str) -> Playbook:
@@ -173,7 +207,17 @@ def flush(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_stat_force_next_flush()")
 
 
-def prepare_databases(server: servers.LocalServer, scale: float) -> dict[str, Any]:
+def drop_write_truth(dsn: str, playbook: Playbook) -> None:
+    """Observe mode as it was before write-truth: its triggers and functions dropped."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ctx = PlanContext(Catalog.load(conn), playbook)
+        for entry in (e for t in ctx.tenant_tables for e in with_partitions(ctx, t)):
+            for statement in write_truth.remove(entry):
+                conn.execute(statement)
+
+
+def prepare_databases(server: servers.LocalServer, scale: float,
+                      modes: tuple[str, ...] = MODES) -> dict[str, Any]:
     """Load the sample at ``scale``, run prepare .. index, copy it per mode and apply the
     mode's stages. Returns timings and the owner DSN of each mode's database."""
     src = f"bench_observe_{str(scale).replace('.', '_')}"
@@ -193,22 +237,27 @@ def prepare_databases(server: servers.LocalServer, scale: float) -> dict[str, An
         conn.execute("VACUUM ANALYZE")
     dsns: dict[str, str] = {}
     t0 = time.perf_counter()
-    for mode in MODES:
+    for mode in modes:
         name = f"{src}_{mode}"
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(src)))
         dsns[mode] = server.dsn(name)
     copy_s = time.perf_counter() - t0
-    for mode in ("observe", "enforced", "enforced_plain"):
-        assert apply_stage(dsns[mode], playbook, "observe").result.failed == 0
+    for mode in ("observe", "enforced", "enforced_plain", "observe_no_wt"):
+        if mode in dsns:
+            assert apply_stage(dsns[mode], playbook, "observe").result.failed == 0
     for mode in ("enforced", "enforced_plain"):
-        assert apply_stage(dsns[mode], playbook, "enforce").result.failed == 0
-    with psycopg.connect(dsns["enforced_plain"], autocommit=True) as conn:
-        for schema, name in conn.execute(
-                "SELECT stxnamespace::regnamespace::text, stxname FROM pg_statistic_ext"
-                " WHERE stxname LIKE '%rlsm_dep'").fetchall():
-            conn.execute(sql.SQL("DROP STATISTICS {}").format(sql.Identifier(schema, name)))
+        if mode in dsns:
+            assert apply_stage(dsns[mode], playbook, "enforce").result.failed == 0
+    if "enforced_plain" in dsns:
+        with psycopg.connect(dsns["enforced_plain"], autocommit=True) as conn:
+            for schema, name in conn.execute(
+                    "SELECT stxnamespace::regnamespace::text, stxname FROM pg_statistic_ext"
+                    " WHERE stxname LIKE '%rlsm_dep'").fetchall():
+                conn.execute(sql.SQL("DROP STATISTICS {}").format(sql.Identifier(schema, name)))
+    if "observe_no_wt" in dsns:
+        drop_write_truth(dsns["observe_no_wt"], playbook)
     return {"counts": counts, "load_s": round(load_s, 1), "stages_s": round(stages_s, 1),
             "copy_s": round(copy_s, 1), "dsns": dsns, "source": src}
 
@@ -266,6 +315,59 @@ def measure(server: servers.LocalServer, dsns: dict[str, str], params: dict[str,
             conn.close()
 
 
+def run_write(conn: psycopg.Connection[Any], statement: LiteralString, params: dict[str, Any]
+              ) -> tuple[float, int]:
+    """One application transaction, rolled back: ms of the statement, rows it changed."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(params["tenant"])])
+        started = time.perf_counter()
+        rows = conn.execute(statement, params).rowcount
+        elapsed = (time.perf_counter() - started) * 1000
+    return elapsed, rows
+
+
+def write_truth_rows(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM rls_migrate.write_truth").fetchone()
+    return int(row[0]) if row else 0
+
+
+def measure_writes(server: servers.LocalServer, dsns: dict[str, str], params: dict[str, Any],
+                   reps: int) -> dict[str, Any]:
+    """Each of :data:`WRITES` in observe mode without and with write-truth, interleaved."""
+    apps = {m: psycopg.connect(server.dsn(servers.dbname_of(dsns[m]), user=samples.APP_ROLE),
+                               autocommit=True, application_name=f"bench-{m}")
+            for m in WRITE_MODES}
+    try:
+        results: dict[str, Any] = {n: {"ms": {m: [] for m in WRITE_MODES}, "rows": None}
+                                   for n in WRITES}
+        for rep in range(reps + 1):  # the first round warms caches and is left out
+            for name, statement in WRITES.items():
+                order = WRITE_MODES[rep % 2:] + WRITE_MODES[:rep % 2]
+                for mode in order:
+                    ms, rows = run_write(apps[mode], statement, params)
+                    r = results[name]
+                    if r["rows"] not in (None, rows):
+                        raise AssertionError(f"{name}: {rows} rows in {mode}, {r['rows']} before")
+                    r["rows"] = rows
+                    if rep:
+                        r["ms"][mode].append(ms)
+        for r in results.values():
+            ms = r["ms"]
+            r["median_ms"] = {m: round(statistics.median(ms[m]), 3) for m in WRITE_MODES}
+            r["us_per_row"] = {m: round(statistics.median(ms[m]) * 1000 / max(r["rows"], 1), 2)
+                               for m in WRITE_MODES}
+            r["with_vs_without"] = round(statistics.median(
+                [w / o for w, o in zip(ms["observe"], ms["observe_no_wt"], strict=True)]), 2)
+            r["best_with_vs_without"] = round(min(ms["observe"]) / min(ms["observe_no_wt"]), 2)
+        # Rolled back: the records of the flagged statements are gone with them, as designed.
+        return {"statements": results, "write_truth_rows_left": write_truth_rows(
+            dsns["observe"])}
+    finally:
+        for conn in apps.values():
+            conn.close()
+
+
 def other_tenant_rows(dsn: str, tenant: int) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
         return {t: int(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id <> %s"
@@ -278,6 +380,7 @@ def main() -> None:
     kind = os.environ.get("BENCH_BACKEND", "embedded")
     scales = [float(s) for s in os.environ.get("BENCH_OBSERVE_SCALES", "5,100").split(",")]
     tenant = int(os.environ.get("BENCH_OBSERVE_TENANT", "13"))
+    parts = {p.strip() for p in os.environ.get("BENCH_OBSERVE_PARTS", "reads,writes").split(",")}
     backend = servers.find_backends(kind)[0]
     report: dict[str, Any] = {"benchmark": "observe_cost", "python": sys.version.split()[0],
                               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -289,10 +392,14 @@ def main() -> None:
         report["postgres"] = f"{version[0] if version else '?'} ({backend.name})"
         for scale in scales:
             reps = int(os.environ.get("BENCH_OBSERVE_REPS", 15 if scale <= 10 else 7))
-            made = prepare_databases(server, scale)
+            modes = (MODES if "reads" in parts else ("none", "observe")) + (
+                ("observe_no_wt",) if "writes" in parts else ())
+            made = prepare_databases(server, scale, modes)
             params = parameters(made["dsns"]["none"], tenant)
             t0 = time.perf_counter()
-            measured = measure(server, made["dsns"], params, reps)
+            measured = measure(server, made["dsns"], params, reps) if "reads" in parts else {}
+            if "writes" in parts:
+                measured["writes"] = measure_writes(server, made["dsns"], params, reps)
             report["scales"][str(scale)] = {
                 "comments": made["counts"]["comments"], "tenants": made["counts"]["accounts"],
                 "other_tenant_rows": other_tenant_rows(made["dsns"]["none"], tenant),
@@ -303,7 +410,32 @@ def main() -> None:
                   f" s, copies {made['copy_s']} s", flush=True)
         report["load_average"] = round(os.getloadavg()[0], 1)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "observe_cost.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "observe_cost.json" if "reads" in parts else "observe_write_cost.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    if "reads" not in parts:
+        print(f"PostgreSQL {report['postgres']}, as {samples.APP_ROLE} with tenant {tenant}"
+              f" set; load average {report['load_average']} on {os.cpu_count()} cores")
+    if "writes" in parts:
+        print_writes(report)
+    if "reads" in parts:
+        print_reads(report, tenant)
+
+
+def print_writes(report: dict[str, Any]) -> None:
+    print()
+    print("| scale (comments) | statement | rows changed | without write-truth ms | with ms "
+          "| us per row without, with | with / without | best of runs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for scale, s in report["scales"].items():
+        for name, r in s["writes"]["statements"].items():
+            m, u = r["median_ms"], r["us_per_row"]
+            print(f"| {float(scale):g} ({s['comments']:,}) | {name} | {r['rows']:,} "
+                  f"| {m['observe_no_wt']:.2f} | {m['observe']:.2f} "
+                  f"| {u['observe_no_wt']:.2f}, {u['observe']:.2f} "
+                  f"| **{r['with_vs_without']:.2f}x** | {r['best_with_vs_without']:.2f}x |")
+
+
+def print_reads(report: dict[str, Any], tenant: int) -> None:
     print(f"PostgreSQL {report['postgres']}, as {samples.APP_ROLE} with tenant {tenant} set,"
           f" bound parameters; interleaved repetitions, medians; load average"
           f" {report['load_average']} on {os.cpu_count()} cores")

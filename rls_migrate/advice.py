@@ -44,6 +44,12 @@ def advise(table: str, operation: str, kind: str, statement: str, verdict: Verdi
         return out
     name = verdict.verdict if verdict is not None else None
     if name == CONFIRMED:
+        if verdict is not None and verdict.reason.startswith("write-truth"):
+            out.append(f"when it ran, this code path changed rows of {table} that belong to "
+                       "another tenant than the context (or had no context): enforced, it "
+                       "changes none of them; fix the ids it is given, set the tenant, or run "
+                       "it as an admin role")
+            return out
         if kind == "no_context":
             out.append(f"enforced, this code path sees fewer rows of {table} (no tenant set): "
                        f"set the tenant per transaction (set_config('{setting}', <tenant>, "

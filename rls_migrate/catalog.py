@@ -354,6 +354,14 @@ class Catalog:
     functions: tuple[Function, ...]
     publications: Mapping[str, bool]  # name -> FOR ALL TABLES
     queries_run: int
+    usage_pins: Mapping[QualifiedName, Mapping[str, int | None]] = dataclasses.field(
+        default_factory=dict)
+    """Per table, the index usage (``idx_scan`` by index name) the index stage decided its
+    twins from, as the journal recorded it when the stage first ran (see
+    :mod:`rls_migrate.stages.index.usage`); empty without a journal."""
+    retired_sync: frozenset[QualifiedName] = frozenset()
+    """Tables whose sync trigger the index stage retired (``drop_sync:<table>`` done in the
+    journal, see :mod:`rls_migrate.stages.sync_retire`): add-column does not create it again."""
 
     @property
     def major(self) -> int:
@@ -462,7 +470,10 @@ class _Loader:
         info = self.fetch(
             "SELECT current_database() AS db, current_user AS usr, pg_is_in_recovery() AS rec,"
             " (SELECT json_object_agg(name, setting) FROM pg_settings WHERE name = ANY(%s))"
-            " AS settings",
+            " AS settings, (SELECT count(*) = 2 FROM pg_class c JOIN pg_namespace n"
+            "  ON n.oid = c.relnamespace WHERE n.nspname = 'rls_migrate'"
+            "  AND c.relname IN ('journal', 'step_state') AND has_schema_privilege(n.oid,"
+            "  'USAGE') AND has_table_privilege(c.oid, 'SELECT')) AS journal",
             [list(SETTINGS)],
         )[0]
         extensions = {r["extname"]: r["extversion"] for r in self.fetch(
@@ -707,6 +718,12 @@ class _Loader:
                 tables[qname] = dataclasses.replace(
                     table, row_estimate=table.row_estimate or rows, size_bytes=size)
         settings = dict(info["settings"] or {})
+        usage_pins = self._usage_pins() if info["journal"] else {}
+        retired_sync = frozenset(
+            QualifiedName.parse(r["table_name"]) for r in self.fetch(
+                "SELECT table_name FROM rls_migrate.step_state WHERE step_id LIKE 'drop_sync:%%'"
+                " AND status = 'done' AND table_name IS NOT NULL")) if info["journal"] \
+            else frozenset()
         del conn
         return Catalog(
             database=info["db"],
@@ -722,7 +739,23 @@ class _Loader:
             functions=functions,
             publications=publications,
             queries_run=self.queries,
+            usage_pins=usage_pins,
+            retired_sync=retired_sync,
         )
+
+    def _usage_pins(self) -> dict[QualifiedName, Mapping[str, int | None]]:
+        """The latest ``pin_index_usage`` outcome of each table whose step is done."""
+        pins: dict[QualifiedName, Mapping[str, int | None]] = {}
+        for r in self.fetch(
+            "SELECT DISTINCT ON (j.step_id) j.table_name, j.details -> 'usage' AS usage"
+            " FROM rls_migrate.journal j JOIN rls_migrate.step_state s"
+            " ON s.step_id = j.step_id AND s.status = 'done'"
+            " WHERE j.step_id LIKE 'pin_index_usage:%%' AND j.outcome = 'done'"
+            " AND j.table_name IS NOT NULL ORDER BY j.step_id, j.id DESC"):
+            if isinstance(r["usage"], dict):
+                pins[QualifiedName.parse(r["table_name"])] = {
+                    str(k): None if v is None else int(v) for k, v in r["usage"].items()}
+        return pins
 
 
 def _reloptions(options: Iterable[str] | None) -> dict[str, str]:

@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ from psycopg.types.string import StrDumper
 from rls_migrate.evidence import Parameters, Violation
 from rls_migrate.playbook import Playbook
 from rls_migrate.stages.policies import MODE_SETTING, STATEMENT_CHARS
+from rls_migrate.write_evidence import TruthIndex, WriteTruth
 
 Conn = psycopg.Connection[Any]
 
@@ -51,6 +53,14 @@ HARMLESS, CONFIRMED, UNCONFIRMABLE = "harmless", "confirmed", "unconfirmable"
 VERDICTS = (HARMLESS, CONFIRMED, UNCONFIRMABLE)
 MAX_ROWS = 200_000
 """A replay that returns more rows than this is not compared (unconfirmable)."""
+SLOWER_FACTOR = 5.0
+SLOWER_MS = 50.0
+"""An enforced replay this many times and this many ms slower than the observed one is
+reported as slower: the policy's tenant comparison changed the plan for the worse (a
+misestimate), which the team must see before enforcing, even where the rows are the same."""
+SLOWER_ADVICE = ("EXPLAIN ANALYZE it as the application with the tenant set, after "
+                 "enforcing on a copy: a selectivity the planner multiplies (ANALYZE; "
+                 "options.index.tenant_statistics; the tenant predicate on every table)")
 
 _CODE = re.compile(
     r"""
@@ -74,6 +84,19 @@ def _code(statement: str) -> str:
 _DECLARE = re.compile(r"^\s*DECLARE\s+(?:\"(?:[^\"]|\"\")+\"|\w+)\s+(?:BINARY\s+)?"
                       r"(?:(?:ASENSITIVE|INSENSITIVE)\s+)?(?:(?:NO\s+)?SCROLL\s+)?CURSOR\s+"
                       r"(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+", re.I)
+
+
+CURSOR_WITH_PARAMETERS = (
+    "a server-side cursor declared with bound parameters: its plan runs at FETCH, and the "
+    "server logs only the FETCH's own parameters (none), not the DECLARE's; pg_cursors keeps "
+    "the declared query, not its parameters, so nothing can replay it. Confirm it in a test "
+    "run with SET LOCAL rls_migrate.mode = 'enforce', or add the tenant predicate so that "
+    "observe does not record it")
+"""Why a cursor the application declared with parameters (psycopg's named cursors,
+SQLAlchemy's ``yield_per``/``stream_results``) stays unconfirmable. PostgreSQL attaches
+bound parameters to log entries only for the protocol-level portal being executed (the
+``FETCH``); the cursor's own portal, whose plan calls the recorder, has no such context, and
+no view or function exposes a portal's parameters."""
 
 
 def declared_query(statement: str) -> str:
@@ -117,12 +140,24 @@ class SampleResult:
     role: str | None
     observe_rows: int | None = None
     enforce_rows: int | None = None
+    observe_ms: float | None = None
+    enforce_ms: float | None = None
+
+    @property
+    def slower(self) -> str | None:
+        """"N.Nx slower enforced (a -> b ms)" when enforcement made the replay markedly
+        slower (:data:`SLOWER_FACTOR` and :data:`SLOWER_MS` both), else None."""
+        o, e = self.observe_ms, self.enforce_ms
+        if o is None or e is None or e < SLOWER_FACTOR * o or e - o < SLOWER_MS:
+            return None
+        return f"{e / max(o, 0.001):.1f}x slower enforced ({o:,.1f} ms -> {e:,.1f} ms)"
 
     def as_dict(self, show_parameters: bool = False) -> dict[str, Any]:
         return {"verdict": self.verdict, "reason": self.reason, "statement": self.statement,
                 "parameters": shown_parameters(self.parameters, show_parameters),
                 "context": self.context, "role": self.role,
-                "observe_rows": self.observe_rows, "enforce_rows": self.enforce_rows}
+                "observe_rows": self.observe_rows, "enforce_rows": self.enforce_rows,
+                "observe_ms": self.observe_ms, "enforce_ms": self.enforce_ms}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +256,8 @@ def _unreplayable(v: Violation, settings: ReplaySettings) -> str | None:
                "read the rows cannot be told"
     wanted = placeholder_count(statement)
     if wanted:
+        if v.parameters is None and _DECLARE.match(statement):
+            return CURSOR_WITH_PARAMETERS
         if v.parameters is None:
             return ("sent with bound parameters, and none were captured "
                     "(options.observe.capture_parameters, and the server log through "
@@ -311,13 +348,26 @@ def _first_line(exc: BaseException) -> str:
 
 
 def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
-                  *, in_recovery: bool) -> SampleResult:
-    """Replay one sample twice (observe, then enforcement simulated) in one snapshot."""
+                  *, in_recovery: bool, truth: Sequence[WriteTruth] = ()) -> SampleResult:
+    """Replay one sample twice (observe, then enforcement simulated) in one snapshot.
+    ``truth``: the write-truth records of the statement execution that made ``v``."""
+    timings: dict[str, float] = {}
+
     def result(verdict: str, reason: str, observe: int | None = None,
                enforce: int | None = None) -> SampleResult:
         return SampleResult(verdict, reason, v.statement, v.parameters, v.context, v.role,
-                            observe, enforce)
+                            observe, enforce, timings.get("observe"), timings.get("enforce"))
 
+    def timed(mode: str) -> _Run:
+        started = time.perf_counter()
+        try:
+            return _execute(conn, query, v.parameters)
+        finally:
+            timings[mode] = round((time.perf_counter() - started) * 1000, 2)
+
+    foreign = next((t for t in truth if t.foreign), None)
+    if foreign is not None:
+        return result(CONFIRMED, f"write-truth: {foreign.describe()}")
     why_not = _unreplayable(v, settings)
     if why_not is not None:
         return result(UNCONFIRMABLE, why_not)
@@ -347,7 +397,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 conn.execute("SELECT set_config(%s, %s, true)", [settings.setting, v.context])
             query = declared_query(v.statement)
             try:
-                observed = _execute(conn, query, v.parameters)
+                observed = timed("observe")
             except _TooBig as big:
                 return result(UNCONFIRMABLE, f"returns {big.rows:,} rows, more than "
                                              f"{MAX_ROWS:,} are not compared")
@@ -358,7 +408,7 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 return result(UNCONFIRMABLE, f"the replay failed: {_first_line(exc)}")
             conn.execute("SELECT set_config(%s, 'enforce', true)", [MODE_SETTING])
             try:
-                enforced = _execute(conn, query, v.parameters)
+                enforced = timed("enforce")
             except psycopg.errors.InsufficientPrivilege as exc:
                 if "row-level security" in str(exc):
                     return result(CONFIRMED, "enforced, the write is refused: "
@@ -369,7 +419,11 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                 return result(UNCONFIRMABLE, f"returns {big.rows:,} rows enforced, too many "
                                              "to compare", observed.rows)
             except psycopg.errors.QueryCanceled:
-                return result(UNCONFIRMABLE, "the enforced replay timed out", observed.rows)
+                return result(UNCONFIRMABLE, f"the enforced replay timed out after "
+                                             f"{settings.timeout_ms:g} ms, where observe "
+                                             f"answered in {timings['observe']:,.1f} ms: "
+                                             "enforcement makes it much slower. "
+                                             + SLOWER_ADVICE, observed.rows)
             except psycopg.Error as exc:
                 return result(UNCONFIRMABLE, f"the enforced replay failed: {_first_line(exc)}",
                               observed.rows)
@@ -379,13 +433,23 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
                                      f"{role} TO {conn.info.user})")
     if changes_rows(v.statement) and observed.rows == 0 and enforced.rows == 0:
         # An UPDATE/DELETE of another tenant's row, committed while observing, leaves
-        # nothing to find now: 0 and 0 would call a real violation harmless.
+        # nothing to find now: 0 and 0 would call a real violation harmless. What its rows
+        # were when it changed them (write-truth) decides instead.
+        if truth:
+            return result(HARMLESS, "the rows it changed are gone (0 rows replayed both ways);"
+                                    f" write-truth: {truth[0].describe()}", 0, 0)
         return result(UNCONFIRMABLE, "a data-modifying statement that touches no row when "
-                                     "replayed: the rows it changed may be gone, so replay "
-                                     "cannot tell (add the tenant predicate to it)", 0, 0)
+                                     "replayed: the rows it changed may be gone, and no "
+                                     "write-truth record says whose they were (recorded "
+                                     "before observe installed its write-truth triggers, or "
+                                     "they were disabled); add the tenant predicate to it",
+                      0, 0)
     if observed == enforced:
-        return result(HARMLESS, "the same rows with enforcement simulated", observed.rows,
+        same = result(HARMLESS, "the same rows with enforcement simulated", observed.rows,
                       enforced.rows)
+        if same.slower:
+            return dataclasses.replace(same, reason=f"{same.reason}, {same.slower}")
+        return same
     if observed.rows != enforced.rows:
         why = f"enforced it gets {enforced.rows:,} row(s) instead of {observed.rows:,}"
     else:
@@ -393,12 +457,36 @@ def replay_sample(conn: Conn, v: Violation, settings: ReplaySettings,
     return result(CONFIRMED, why, observed.rows, enforced.rows)
 
 
+def _foreign_write(records: Sequence[Violation], truth: TruthIndex
+                   ) -> tuple[Violation, WriteTruth] | None:
+    """A recording of the group whose statement changed another tenant's row (write-truth),
+    linked exactly, else by the statement's shape, application and kind: confirmed by
+    construction, whichever samples replay would pick."""
+    for v in records:
+        for t in truth.linked(v):
+            if t.foreign:
+                return v, t
+    first = records[0]
+    like = truth.foreign_like(first.statement, first.application_name, first.kind)
+    return (first, like[0]) if like else None
+
+
 def confirm(conn: Conn, operation: str, records: Sequence[Violation],
-            settings: ReplaySettings) -> Verdict:
+            settings: ReplaySettings, truth: TruthIndex | None = None) -> Verdict:
     """The verdict on one group (``records``: its recordings, any order). ``conn`` is the
-    operator's autocommit connection to the primary or, for reads, a replica."""
+    operator's autocommit connection to the primary or, for reads, a replica. ``truth``:
+    what the write-truth triggers saw (see :mod:`rls_migrate.write_evidence`)."""
     now = dt.datetime.now(dt.UTC)
     chosen, distinct, without = candidates(records, settings.samples)
+    if truth is not None and records and operation == "read" \
+            and changes_rows(records[0].statement):
+        foreign = _foreign_write(records, truth)
+        if foreign is not None:
+            v, t = foreign
+            why = f"write-truth: {t.describe()}"
+            return Verdict(CONFIRMED, f"{why}: confirmed by construction",
+                           (SampleResult(CONFIRMED, why, v.statement, v.parameters,
+                                         v.context, v.role),), distinct, now)
     if operation == "write":
         samples = tuple(SampleResult(CONFIRMED, "a write the enforced WITH CHECK refuses",
                                      v.statement, v.parameters, v.context, v.role)
@@ -410,7 +498,8 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
                        now)
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     in_recovery = bool(row and row[0])
-    results = tuple(replay_sample(conn, v, settings, in_recovery=in_recovery)
+    results = tuple(replay_sample(conn, v, settings, in_recovery=in_recovery,
+                                  truth=truth.linked(v) if truth is not None else ())
                     for v in chosen)
     of = f"{len(results)} of {distinct} distinct sample(s) replayed"
     if without:
@@ -419,8 +508,11 @@ def confirm(conn: Conn, operation: str, records: Sequence[Violation],
         hit = next((r for r in results if r.verdict == wanted), None)
         if hit is not None:
             return Verdict(wanted, f"{hit.reason} ({of})", results, distinct, now)
-    return Verdict(HARMLESS, f"the same rows with enforcement simulated ({of})", results,
-                   distinct, now)
+    slowest = max((r for r in results if r.slower), default=None,
+                  key=lambda r: (r.enforce_ms or 0) - (r.observe_ms or 0))
+    slower = f", but {slowest.slower}: {SLOWER_ADVICE}" if slowest else ""
+    return Verdict(HARMLESS, f"the same rows with enforcement simulated ({of}){slower}",
+                   results, distinct, now)
 
 
 # --------------------------------------------------------------------------- stored verdicts
@@ -431,7 +523,8 @@ def _from_json(row: dict[str, Any]) -> SampleResult:
     return SampleResult(
         str(row.get("verdict")), str(row.get("reason") or ""), str(row.get("statement") or ""),
         tuple(params) if isinstance(params, list) else None, row.get("context"),
-        row.get("role"), row.get("observe_rows"), row.get("enforce_rows"))
+        row.get("role"), row.get("observe_rows"), row.get("enforce_rows"),
+        row.get("observe_ms"), row.get("enforce_ms"))
 
 
 def load_verdicts(conn: Conn, keys: Sequence[str]) -> dict[str, Verdict]:

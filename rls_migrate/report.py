@@ -61,6 +61,7 @@ from rls_migrate.replay import (
 )
 from rls_migrate.stages.common import TOOLKIT_SCHEMA, PlanContext, with_partitions
 from rls_migrate.stages.policies import OPERATIONS, SAMPLES_TABLE, recorder_name
+from rls_migrate.write_evidence import TruthIndex, load_truth, read_truth_log, select
 
 Conn = psycopg.Connection[Any]
 
@@ -454,6 +455,7 @@ def build_report(
     known = _known_in_samples(conn, from_logs)
     for i, v in enumerate(from_logs):
         _add_logged(groups, v, i in known)
+    truth = _truth(conn, start, paths, str(database), identity, notes)
 
     counters, counter_notes = _counters(conn, _recorders(conn, playbook), start, now,
                                         snapshot and not in_recovery)
@@ -466,7 +468,7 @@ def build_report(
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.table, g.operation, g.kind,
                                                      g.statement))
     _statement_calls(conn, ordered)
-    _verdicts(conn, playbook, ordered, confirm_groups, replay_conn, notes)
+    _verdicts(conn, playbook, ordered, confirm_groups, replay_conn, notes, truth)
     _advise(conn, playbook, ordered)
     unexplained = [c for c in counters if c.in_window and not any(
         g.table == c.table and g.operation == c.operation for g in ordered)]
@@ -515,8 +517,33 @@ def _same_database(v: Violation, database: str, identity: str | None) -> bool:
     return v.database in (None, database)
 
 
+def _truth(conn: Conn, start: dt.datetime | None, paths: Sequence[Path], database: str,
+           identity: str | None, notes: list[str]) -> TruthIndex:
+    """What the write-truth triggers saw in the window: their table's rows and, from the
+    logs, those of rolled-back transactions too (the same record twice counts once)."""
+    records = load_truth(conn, start)
+    row = conn.execute("SELECT to_regclass('rls_migrate.write_truth') IS NULL").fetchone()
+    if row and row[0]:
+        notes.append("the rls_migrate schema predates write-truth (no rls_migrate.write_truth): "
+                     "run `rls-migrate apply PLAYBOOK --stage prepare` to upgrade it, then "
+                     "--stage observe; until then only server logs (--log) say whose rows a "
+                     "recorded UPDATE or DELETE changed")
+    for path in paths:
+        records += select([r for r in read_truth_log(path)
+                           if start is None or r.at >= start], database, identity)
+    index = TruthIndex(records)
+    if len(index):
+        foreign = [r for r in index.records if r.foreign]
+        tables = sorted({r.table for r in foreign})
+        notes.append(
+            f"write-truth: {len(index):,} recorded UPDATE/DELETE statement(s) were checked "
+            f"when they changed their rows; {len(foreign):,} changed another tenant's rows"
+            + (f" ({', '.join(tables)})" if tables else ""))
+    return index
+
+
 def _verdicts(conn: Conn, playbook: Playbook, groups: Sequence[Group], replay: bool,
-              replay_conn: Conn | None, notes: list[str]) -> None:
+              replay_conn: Conn | None, notes: list[str], truth: TruthIndex) -> None:
     """Each group's latest verdict, if newer than its last recording; replayed now where
     asked (and stored where this connection can write)."""
     stored = load_verdicts(conn, [g.key for g in groups])
@@ -529,7 +556,8 @@ def _verdicts(conn: Conn, playbook: Playbook, groups: Sequence[Group], replay: b
             continue
         if not replay:
             continue
-        group.verdict = confirm(replay_conn or conn, group.operation, group.records, settings)
+        group.verdict = confirm(replay_conn or conn, group.operation, group.records, settings,
+                                truth)
         if not store_verdict(conn, group.key, group.table, group.operation, group.statement,
                              group.verdict):
             failed_store = True

@@ -172,8 +172,12 @@ def test_tenant_policy_ops_observe_enforce_and_back(db: str) -> None:
     assert visible(db, "projects", None) == total
     assert one(db, "SELECT count(*) > 0 FROM rls_migrate.violation_samples"
                    " WHERE table_name = 'public.projects'")
+    wt = ("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'projects'::regclass"
+          " AND tgname LIKE 'rls\\_migrate\\_wt\\_%'")
+    assert one(db, wt) == 2  # write-truth, as the observe stage installs it
 
     migrate(db, EnforceTenantPolicyOp("projects", "account_id", role=APP))
+    assert one(db, wt) == 0
     assert visible(db, "projects", 1) == one(db, "SELECT count(*) FROM projects"
                                                  " WHERE account_id = 1")
     assert visible(db, "projects", None) == 0
@@ -184,8 +188,9 @@ def test_tenant_policy_ops_observe_enforce_and_back(db: str) -> None:
     # The kill switch, then everything gone again.
     migrate(db, EnforceTenantPolicyOp("projects", "account_id", role=APP).reverse())
     assert visible(db, "projects", 2) == total
+    assert one(db, wt) == 2
     migrate(db, EnableRlsOp("projects").reverse(), create.reverse())
-    assert policies(db, "projects") == []
+    assert policies(db, "projects") == [] and one(db, wt) == 0
     assert one(db, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'observe_%'"
                    " AND pronamespace = 'rls_migrate'::regnamespace") == 0
 

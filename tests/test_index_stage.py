@@ -328,7 +328,8 @@ def test_new_step_kinds_take_the_locks_they_declare(small_db: str) -> None:
                     "add_unique_constraint": {"ACCESS EXCLUSIVE"},
                     "add_foreign_key": {"SHARE ROW EXCLUSIVE"},
                     "validate_constraint": {"SHARE UPDATE EXCLUSIVE"},
-                    "tenant_statistics": {"SHARE UPDATE EXCLUSIVE"}}
+                    "tenant_statistics": {"SHARE UPDATE EXCLUSIVE"},
+                    "pin_index_usage": {"none"}}
 
 
 def _index_oids(conn: psycopg.Connection[Any], table: QualifiedName) -> list[int]:

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC = Path(sys.executable).with_name("alembic")
 TABLES = {"runs", "journal", "step_state", "backfill_checkpoint", "backfill_batches",
           "anomalies", "alembic_version", "violation_samples", "counter_snapshots",
-          "sync_conflicts", "verdicts"}
-HEAD = "0005"
+          "sync_conflicts", "verdicts", "write_truth"}
+HEAD = "0006"
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -504,7 +504,11 @@ def rls_state(dsn: str) -> dict[str, Any]:
         functions = conn.execute(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'rls_migrate'::regnamespace"
             " ORDER BY 1").fetchall()
-    return {"flags": flags, "policies": policies, "functions": functions}
+        triggers = conn.execute(
+            "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal"
+            " ORDER BY 1, 2").fetchall()
+    return {"flags": flags, "policies": policies, "functions": functions,
+            "triggers": triggers}
 
 
 def test_rollback_restores_rls_flags_and_policies(db: ObserveDb) -> None:

@@ -57,6 +57,7 @@ KINDS = (
     "attach_index",
     "tenant_statistics",
     "observe_policy",
+    "observe_write_truth",
     "enforce_policy",
 )
 """Every kind of step that touches a table (prepare's schema step touches none)."""
@@ -210,8 +211,8 @@ def observe_plan(dsn: str) -> list[Observation]:
     with psycopg.connect(dsn, autocommit=True) as conn, \
             psycopg.connect(dsn, autocommit=True) as probe:
         for step in plan.steps:
-            if step.table is None:
-                run_step(conn, step)
+            if step.table is None or step.kind == "pin_index_usage":
+                run_step(conn, step)  # the usage pin reads a literal: it touches no table
             elif step.transactional:
                 observations.append(observe_in_transaction(conn, probe, step))
             else:

@@ -73,7 +73,8 @@ def texts(s: Step, conn: Conn) -> list[str]:
 
 def observe_and_enforce(name: str) -> dict[str, list[tuple[str, str]]]:
     qualified = str(q(name))
-    return {"observe": [(f"observe:{qualified}", "observe_policy")],
+    return {"observe": [(f"observe:{qualified}", "observe_policy"),
+                        (f"observe-writes:{qualified}", "observe_write_truth")],
             "enforce": [(f"enforce:{qualified}", "enforce_policy")]}
 
 
@@ -149,7 +150,8 @@ def test_one_hop_derived_issues(sample: Sample, conn: Conn) -> None:
                       (f"set_not_null:{t}", "set_not_null"),
                       (f"drop_not_null_check:{t}", "drop_check"),
                       (f"validate_tenant_fk:{t}", "validate_constraint")],
-        "index": [(f"create_index:{t}:issues_tenant_id_rlsm_idx", "create_index"),
+        "index": [(f"pin_index_usage:{t}", "pin_index_usage"),
+                  (f"create_index:{t}:issues_tenant_id_rlsm_idx", "create_index"),
                   (f"tenant_statistics:{t}", "tenant_statistics")],
         **observe_and_enforce("issues"),
     }
@@ -250,8 +252,9 @@ def test_partitioned_events(sample: Sample, conn: Conn) -> None:
         "index": expected[:1], **observe_and_enforce("events")}
     # A query that names a partition uses the partition's own RLS: each partition gets the
     # policies too, right after its parent.
-    for stage, kind in (("observe", "observe"), ("enforce", "enforce")):
-        ids = [s.id for s in plan.stage(stage)]
+    for stage, kind in (("observe", "observe"), ("observe", "observe-writes"),
+                        ("enforce", "enforce")):
+        ids = [s.id for s in plan.stage(stage) if s.id.startswith(f"{kind}:")]
         start = ids.index(f"{kind}:public.events")
         assert ids[start: start + 7] == [f"{kind}:public.events"] + [
             f"{kind}:public.{p}" for p in samples.EVENT_PARTITIONS]
@@ -359,14 +362,16 @@ def test_twins_follow_index_usage(sample: Sample, pg_server: servers.PostgresSer
         plan = build_plan(catalog, sample.playbook, ["index"])
         issues = [s for s in plan.stage("index") if s.table == q("issues")]
         assert [s.id for s in issues] == [
+            "pin_index_usage:public.issues",
             "create_index:public.issues:issues_tenant_id_rlsm_idx",
             "create_index:public.issues:issues_created_at_idx_rlsm_idx",
             "tenant_statistics:public.issues"]
         with psycopg.connect(dsn) as c:
-            assert texts(issues[1], c)[1] == (
+            assert texts(issues[2], c)[1] == (
                 'CREATE INDEX CONCURRENTLY IF NOT EXISTS "issues_created_at_idx_rlsm_idx" ON '
                 '"public"."issues" ("tenant_id", "created_at")')
-        assert "issues_created_at_idx (created_at) is used" in issues[1].why
+        assert "issues_created_at_idx (created_at) is used" in issues[2].why
+        assert "issues_created_at_idx (" in issues[0].description
         # users has no index but its key and the unique email: no twin either way.
         assert [s.id for s in plan.stage("index") if s.table == q("users")] == [
             "create_index:public.users:users_account_id_rlsm_idx"]

@@ -28,6 +28,7 @@ from rls_migrate.gate import enforce_gate
 from rls_migrate.playbook import Playbook
 from rls_migrate.replay import (
     CONFIRMED,
+    CURSOR_WITH_PARAMETERS,
     HARMLESS,
     UNCONFIRMABLE,
     modifies_data,
@@ -296,10 +297,22 @@ def test_a_server_side_cursor_records_and_replays_its_query(db: ObserveDb) -> No
                     cur.execute(f"SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
                                 f" WHERE i.project_id = {int(project)}")  # type: ignore[arg-type, unused-ignore]
                     cur.fetchmany(5)
+    with db.app("streamed-bound") as conn, tenant_transaction(conn, 1):
+        conn.execute("SET LOCAL enable_nestloop = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        with conn.cursor(name="c_bound") as cur:  # DECLARE ... $1, then FETCH
+            cur.execute("SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
+                        " WHERE i.project_id = %s", [project])
+            cur.fetchmany(5)
     report = report_of(db, confirm_groups=True)
-    (group,) = report.groups  # one group: the query, not the cursor's name
+    groups = {g.application_name: g for g in report.groups}
+    group = groups["streamed"]  # one group: the query, not the cursor's name
     assert group.statement.startswith("DECLARE ? ") and group.count == 2
     assert group.verdict is not None and group.verdict.verdict == HARMLESS, group.verdict
+    # Its parameters are in no log entry: unconfirmable, saying why.
+    bound = groups["streamed-bound"].verdict
+    assert bound is not None and bound.verdict == UNCONFIRMABLE
+    assert bound.reason.startswith(CURSOR_WITH_PARAMETERS), bound.reason
 
 
 def test_a_concurrent_update_of_the_same_row_is_a_candidate_replay_finds_harmless(
@@ -357,3 +370,33 @@ def test_the_sample_workload_blocks_the_gate_on_the_forgotten_job_only(db: Obser
          "SELECT count(*) FROM comments")]
     assert blocking[0].count == stats["forgotten_job_runs"]
     assert blocking[0].verdict is not None and blocking[0].verdict.verdict == CONFIRMED
+
+
+def test_a_statement_enforcement_makes_slower_is_reported(db: ObserveDb) -> None:
+    """The same rows, but the enforced plan is worse (stood in for by a sleep that only the
+    enforced replay takes): harmless, and the report says how much slower; past the replay's
+    statement_timeout it is unconfirmable, saying that observe answered in time."""
+    project = db.scalar("SELECT min(id) FROM projects WHERE account_id = 1")
+    for app, seconds in (("slower", 0.4), ("much-slower", 3)):
+        with db.app(app) as conn, tenant_transaction(conn, 1):
+            conn.execute("SET LOCAL enable_nestloop = off")
+            conn.execute("SET LOCAL enable_mergejoin = off")
+            conn.execute(
+                "SELECT c.id FROM comments c JOIN issues i ON i.id = c.issue_id"
+                " WHERE i.project_id = %s AND (SELECT count(*) FROM (SELECT pg_sleep(%s)"
+                " WHERE current_setting('rls_migrate.mode', true) = 'enforce') s) >= 0",
+                [project, seconds]).fetchall()
+    observe = db.playbook.options.observe.model_copy(update={"replay_timeout": 1500.0})
+    playbook = db.playbook.model_copy(update={"options": db.playbook.options.model_copy(
+        update={"observe": observe})})
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        report = build_report(conn, playbook, None, confirm_groups=True)
+    found = verdicts(report)
+    assert found["slower"][0] == HARMLESS and "x slower enforced (" in found["slower"][1]
+    assert "tenant_statistics" in found["slower"][1]
+    slower = next(g for g in report.groups if g.application_name == "slower")
+    assert slower.verdict is not None and slower.verdict.deciding is not None
+    assert (slower.verdict.deciding.enforce_ms or 0) >= 400
+    verdict, reason = found["much-slower"]
+    assert verdict == UNCONFIRMABLE and "enforced replay timed out after 1500 ms" in reason
+    assert "where observe answered in" in reason

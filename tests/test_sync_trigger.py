@@ -5,13 +5,16 @@ a writer whose tenant setting disagrees with the parent."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+import version_helpers
 from shapes_helpers import checksums, execute_as_tenant, load, playbook, scalar
 
 from rls_migrate.catalog import Catalog, QualifiedName
+from rls_migrate.errors import StepFailed
 from rls_migrate.planner import build_plan
 from rls_migrate.runner import apply_stage, rollback_to, status
 from rls_migrate.testing import servers
@@ -203,3 +206,63 @@ def test_rows_written_before_their_tenant_row_commit(synced: str) -> None:
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         execute_as_tenant(synced, 5,
                           """INSERT INTO "DocumentMeta" (id, subject) VALUES ('nobody', 's')""")
+
+
+def _triggers(dsn: str) -> set[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return {(r[0], r[1]) for r in conn.execute(
+            "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal"
+            " AND tgname LIKE 'rls_migrate_%'").fetchall()}
+
+
+@pytest.mark.core_majors  # the drop's proof runs on every major in test_citus
+def test_drop_retires_the_owner_trigger_and_add_column_leaves_them_retired(db: str) -> None:
+    """sync_triggers: drop retires the owned table's owner trigger (on "Envelope") with its
+    sync trigger, once the application writes the tenant; add-column run again does not
+    bring either back; the index stage's rollback does, exactly as add-column made them."""
+    pb = playbook()
+    for stage in DATA_STAGES:
+        assert apply_stage(db, pb, stage).result.failed == 0, stage
+    made = _triggers(db)
+    assert ('"Envelope"', 'rls_migrate_owns_DocumentMeta') in made
+    options = pb.options.model_copy(update={"index": pb.options.index.model_copy(
+        update={"sync_triggers": "watch", "sync_watch_min": 0.0})})
+    watch = pb.model_copy(update={"options": options})
+    drop = pb.model_copy(update={"options": options.model_copy(update={
+        "index": options.index.model_copy(update={"sync_triggers": "drop"})})})
+    assert apply_stage(db, watch, "index").result.failed == 0
+    # The application now writes the tenant itself, in every watched table.
+    with psycopg.connect(db) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.tenant_id', '2', true)")
+            for statement in (
+                    "INSERT INTO issues (project_id, title, tenant_id) VALUES (1, 'new', 2)",
+                    'INSERT INTO "Envelope" (id, "teamId", title, tenant_id)'
+                    " VALUES ('cenv_new', 'cteam2', 'new', 2)",
+                    'INSERT INTO "DocumentMeta" (id, subject, tenant_id)'
+                    " VALUES ('cmeta_new', 'new', 2)",
+                    'INSERT INTO "AuditLog" (id, "envelopeId", data, tenant_id)'
+                    " VALUES ('clog_new', 'cenv_new', 'new', 2)"):
+                conn.execute(statement.encode())
+        version_helpers.flush_stats(conn)
+        conn.execute("SELECT 1")  # the flush happens when the backend goes idle
+    before = checksums(db, exclude=())
+    deadline = time.monotonic() + 10
+    while True:  # before PostgreSQL 15 a stats collector relays the insert counters
+        try:
+            assert apply_stage(db, drop, "index").result.failed == 0
+            break
+        except StepFailed as exc:
+            if "no row inserted" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert _triggers(db) == set()
+    again = apply_stage(db, pb, "add-column")
+    assert again.result.done == 0 and again.result.failed == 0
+    assert any("retired its sync trigger and owner trigger" in n for n in again.plan.notes)
+    assert _triggers(db) == set()
+    rollback_to(db, drop, "constrain")
+    assert _triggers(db) == made
+    assert checksums(db, exclude=()) == before
+    # Back as add-column makes them: a rerun finds them done.
+    assert apply_stage(db, pb, "add-column").result.done == 0

@@ -24,6 +24,7 @@ import psycopg
 
 from rls_migrate.catalog import Catalog, ForeignKey, QualifiedName, Table
 from rls_migrate.playbook import Playbook, check_against_catalog
+from rls_migrate.stages import tenant_key_shapes as key_shapes
 from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.sync_retire import PROBE_PREFIX, watch_readings_sql
 from rls_migrate.stages.sync_trigger import OWNER_TRIGGER_PREFIX, SYNC_TRIGGER_PREFIX
@@ -231,18 +232,19 @@ def _distributed_blockers(ctx: PlanContext, entry: TenantTable,
     out: list[Blocker] = []
     pk = table.primary_key
     if pk is None:
-        out.append(Blocker(
-            "no_primary_key", f"{entry.qname} has no primary key",
-            f"Citus distributes it, but moving its shards (rebalancing) replicates changes "
-            f"logically and needs a replica identity: add PRIMARY KEY ({col}, ...) or set "
-            "REPLICA IDENTITY FULL", severity="warning"))
+        out.append(_no_primary_key(entry, col, is_root))
     elif col not in pk:
         if table.is_partitioned:
+            parts, why = key_shapes.partition_keys(table, dict(ctx.catalog.tables), False)
             out.append(Blocker(
                 "primary_key", f"PRIMARY KEY ({', '.join(pk)}) lacks {col}",
-                f"a partitioned table's key must hold the partition key and {col}, and "
-                "PostgreSQL cannot swap it USING INDEX: recreate it as PRIMARY KEY "
-                f"({col}, {', '.join(pk)}) in a maintenance window (or partition by partition)"))
+                f"{TENANT_PK_OPTION}: on each of its {len(parts)} partitions UNIQUE ({col}, "
+                f"{', '.join(pk)}) built concurrently, then one short transaction (every "
+                "partition locked, catalog only) makes them the partitions' primary keys and "
+                f"adds the parent's PRIMARY KEY ({col}, {', '.join(pk)}); not when other tables' "
+                "foreign keys reference the key (then by hand: plan says so)" if not why else
+                f"{why}: recreate it as PRIMARY KEY ({col}, {', '.join(pk)}) in a maintenance "
+                "window", online=not why))
         else:
             out.append(Blocker(
                 "primary_key", f"PRIMARY KEY ({', '.join(pk)}) lacks {col}",
@@ -285,9 +287,30 @@ def _distributed_blockers(ctx: PlanContext, entry: TenantTable,
     return out
 
 
+def _no_primary_key(entry: TenantTable, col: str, is_root: bool) -> Blocker:
+    what = f"{entry.qname} has no primary key"
+    why = ("Citus distributes it, but moving its shards (rebalancing) replicates changes "
+           "logically and needs a replica identity")
+    found = key_shapes.unique_key_for(entry.table)
+    if found is not None and not is_root and not entry.table.is_partitioned:
+        name, cols = found
+        return Blocker("no_primary_key", what, f"{why}: {TENANT_PK_OPTION}: UNIQUE ({col}, "
+                       f"{', '.join(cols)}) built concurrently, then added as the primary key "
+                       f"USING INDEX (from the NOT NULL unique {name})", online=True,
+                       severity="warning")
+    return Blocker("no_primary_key", f"{what}, and no NOT NULL unique key to build one from",
+                   f"{why}: add a NOT NULL unique key (an identity column id with UNIQUE (id)), "
+                   f"then {TENANT_PK_OPTION} adds PRIMARY KEY ({col}, id); or set REPLICA "
+                   "IDENTITY FULL (every update then logs the whole row)")
+
+
 def _unique_blocker(entry: TenantTable, name: str, columns: tuple[str, ...], col: str,
                     is_root: bool, exclusion: bool = False) -> Blocker:
     what = f"{'EXCLUDE' if exclusion else 'UNIQUE'} {name} ({', '.join(columns)}) lacks {col}"
+    if entry.table.primary_key == (col, *columns):
+        return Blocker("unique", what,
+                       f"PRIMARY KEY ({col}, {', '.join(columns)}) already holds what Citus can "
+                       f"enforce of it: drop {name} once no foreign key references it")
     if is_root:
         return Blocker("unique", what,
                        "on the tenant root, uniqueness across tenants cannot be enforced by a "
@@ -414,9 +437,9 @@ def _trigger_blockers(ctx: PlanContext, entry: TenantTable, watch: str | None
                 "sync_trigger", f"the toolkit's owner trigger {trig.name} (gives this row's "
                 "tenant to the row it points at, strategy owned)",
                 "Citus refuses triggers on distributed tables unless citus.enable_unsafe_"
-                "triggers is on: once the application writes the owned row's tenant itself, "
-                f"DROP TRIGGER {trig.name} (sync_triggers: drop retires only the "
-                f"{SYNC_TRIGGER_PREFIX}* triggers)"))
+                f"triggers is on: {SYNC_TRIGGERS_OPTION}: watch on the owned table, then drop "
+                "retires it with the owned table's sync trigger, once no row arrives there "
+                "without the tenant", online=True))
         else:
             out.append(Blocker(
                 "trigger", f"trigger {trig.name} ({trig.timing} {' OR '.join(trig.events)}, "

@@ -65,6 +65,11 @@ def plan(ctx: PlanContext) -> StagePlan:
                 "without a join",
         ))
         steps.append(_sync_step(ctx, entry))
+        if entry.qname in ctx.catalog.retired_sync:
+            notes.append(f"{entry.qname}: the index stage retired its sync trigger"
+                         f"{' and owner trigger' if entry.owned else ''} (sync_triggers: drop):"
+                         " add-column does not create them again; rolling the index stage back "
+                         "does")
         if entry.owned:
             steps.append(_owner_step(ctx, entry))
         root = ctx.root
@@ -125,8 +130,9 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
                     columns_sql(entry.parent.columns), ident, fn),
         ),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
-        done_check=compose("SELECT ({}) AND ({})", trigger_exists_check(entry.qname, trigger),
-                           function_current_check(fn, body)),
+        done_check=_unless_retired(ctx, entry, compose(
+            "SELECT ({}) AND ({})", trigger_exists_check(entry.qname, trigger),
+            function_current_check(fn, body))),
         inverse=(
             compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
             compose("DROP FUNCTION IF EXISTS {}()", fn),
@@ -135,6 +141,16 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
         why="without it the backfill never converges: rows written after a batch passed "
             "would stay empty",
     )
+
+
+def _unless_retired(ctx: PlanContext, entry: TenantTable, check: sql.Composed) -> sql.Composed:
+    """The trigger's done check; once the index stage retired the table's triggers
+    (``options.index.sync_triggers: drop``, journaled), done for good: a rerun of add-column
+    must not put back what the application proved it no longer needs (the index stage's
+    rollback does, and the journal then no longer has them retired)."""
+    if entry.qname in ctx.catalog.retired_sync:
+        return compose("SELECT true")
+    return check
 
 
 def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
@@ -161,8 +177,9 @@ def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
                     columns_sql(watched), owner.ident, fn),
         ),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
-        done_check=compose("SELECT ({}) AND ({})", trigger_exists_check(owner, trigger),
-                           function_current_check(fn, body)),
+        done_check=_unless_retired(ctx, entry, compose(
+            "SELECT ({}) AND ({})", trigger_exists_check(owner, trigger),
+            function_current_check(fn, body))),
         inverse=(
             compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), owner.ident),
             compose("DROP FUNCTION IF EXISTS {}()", fn),

@@ -32,6 +32,7 @@ from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
 from rls_migrate.executor import Executor, StepOutcome
 from rls_migrate.sqlcompose import as_text, compose, sep
+from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -175,11 +176,15 @@ def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
         *install_recorders(ctx, entry),
         compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})", tenant, ident,
                 observe_expression(ctx, entry, "read"), observe_expression(ctx, entry, "write")),
-        *drop_legacy_recorders(ctx, entry)]
+        *drop_legacy_recorders(ctx, entry),
+        *write_truth.install(ctx, entry)]
     if roles.admin and roles.admin_mode == "bypassrls":
         statements.append(_require_bypassrls(roles.admin))
     statements.append(compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
                               tenant, ident, match, match))
+    # Nothing flags statements any more: observe's write-truth triggers go (under the lock
+    # this step holds anyway); the kill switch puts them back.
+    statements += write_truth.remove(entry)
     parts = [f"enforce: {roles.app} sees its tenant's rows only"]
     if plan.replace_baseline:
         # ALTER, not DROP: the baseline's presence is how observe's rollback knows it turned

@@ -20,6 +20,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -72,6 +73,10 @@ def plan(ctx: PlanContext) -> StagePlan:
         "enforce has no recorder",
         "the recorder runs at most once per statement, table and operation (an InitPlan): "
         "its counters in pg_stat_user_functions count statements, not rows",
+        "write-truth triggers (observe-writes steps, SHARE ROW EXCLUSIVE: writes wait, reads "
+        "go on): a recorded UPDATE or DELETE notes whether it changed another tenant's row, "
+        "so replay can judge one whose rows are gone; other statements pay a setting read "
+        "and a comparison per changed row; enforce removes them",
     ]
     capture = _capture_parameters(ctx)
     if capture is not None:
@@ -134,6 +139,7 @@ def plan(ctx: PlanContext) -> StagePlan:
             estimate=Estimate(seconds=0.01),
             why="the team sees every statement that would break before anything is enforced",
         ))
+        steps.append(write_truth.step(ctx, entry))
     return StagePlan("observe", tuple(steps), tuple(notes))
 
 

@@ -79,6 +79,12 @@ STATEMENT_CHARS = 4000
 MODE_SETTING = "rls_migrate.mode"
 """Per-transaction switch the recorders read: ``enforce`` filters, ``quiet`` (operators
 only) answers as observe without recording."""
+CANDIDATE_SETTING = "rls_migrate.candidate"
+"""Set (transaction-local) by a recorder to the statement_timestamp() of the statement it
+recorded: the write-truth triggers (:mod:`rls_migrate.stages.write_truth`) act only then."""
+CALLER_SETTING = "rls_migrate.caller"
+"""Set by a recorder to the role the policy saw (inside a SECURITY DEFINER trigger function,
+current_user is the function's owner)."""
 
 _INTEGERS = frozenset({"smallint", "integer", "bigint"})
 _TEXTS = re.compile(r"^(text|character varying(\(\d+\))?|varchar(\(\d+\))?|citext|name)$")
@@ -267,6 +273,9 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
         "    RETURN true;\n"
         "  END IF;\n"
         "  PERFORM set_config({marker}, stamp, true);\n"
+        "  -- For the write-truth triggers: this statement was recorded, by this role.\n"
+        "  PERFORM set_config({candidate}, stamp, true);\n"
+        "  PERFORM set_config({caller_setting}, caller, true);\n"
         "  seen_at := clock_timestamp();\n"
         "  ctx := current_setting({setting}, true);\n"
         "  kind := CASE WHEN coalesce(ctx, '') = '' THEN 'no_context' ELSE 'wrong_tenant' END;\n"
@@ -306,6 +315,7 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
         "  END IF;\n"
         "  RETURN true;\n"
         "END",
+        candidate=sql.Literal(CANDIDATE_SETTING), caller_setting=sql.Literal(CALLER_SETTING),
         capture=_session_capture(ctx), setting=sql.Literal(ctx.playbook.tenant.setting),
         marker=sql.Literal(marker), chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
         message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),

@@ -12,7 +12,10 @@ itself the trigger has nothing left to do. Whether it does is a fact to measure,
 * ``drop``: in one short transaction, a check reads the counts and refuses (the step fails
   with the numbers) unless the watch ran at least ``options.index.sync_watch_min``, rows were
   inserted meanwhile, and none arrived without the tenant; then the sync trigger, its
-  function and the watch go. A refusal because rows still arrive without the tenant starts
+  function and the watch go, and for an owned table (``strategy: owned``) the owner trigger
+  on the owning table too (it gives the owned row its owner's tenant: the same job, proven
+  unneeded by the same count). Once retired (journaled), add-column's done checks count
+  them as done: a rerun of add-column does not put them back. A refusal because rows still arrive without the tenant starts
   the watch over (``setval`` is not rolled back with the failed step): once the application
   is fixed, the next attempt after the window proves it. Rollback puts the sync trigger back
   exactly as add-column made it.
@@ -36,7 +39,7 @@ from rls_migrate.stages.common import (
     regclass_literal,
     trigger_exists_check,
 )
-from rls_migrate.stages.sync_trigger import sync_trigger_name
+from rls_migrate.stages.sync_trigger import owner_trigger_name, sync_trigger_name
 from rls_migrate.steps import Estimate, Lock, Step
 
 PROBE_PREFIX = "rls_migrate_probe_"
@@ -130,8 +133,8 @@ def _readings(entry: TenantTable) -> sql.Composed:
         base=probe_sequence(entry, "base"), missing=probe_sequence(entry, "missing"))
 
 
-def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composable, ...]
-              ) -> Step:
+def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composable, ...],
+              owner_recreate: tuple[sql.Composable, ...] = ()) -> Step:
     fn = function_name("probe", entry.qname)
     trigger = probe_trigger_name(entry)
     sync = sync_trigger_name(entry)
@@ -161,13 +164,25 @@ def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composab
                             "with options.index.sync_triggers: watch first, let the "
                             "application run, then drop")),
         declare="DECLARE since timestamptz; missing bigint; inserted bigint; watched float8; ")
+    owner_drops: tuple[sql.Composable, ...] = ()
+    done = compose("SELECT NOT ({})", trigger_exists_check(entry.qname, sync))
+    also = ""
+    if owner_recreate and entry.parent is not None:
+        owner, owner_trigger = entry.parent.qname, owner_trigger_name(entry)
+        owner_drops = (
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(owner_trigger),
+                    owner.ident),
+            compose("DROP FUNCTION IF EXISTS {}()", function_name("owns", entry.qname)))
+        done = compose("SELECT NOT ({}) AND NOT ({})", trigger_exists_check(entry.qname, sync),
+                       trigger_exists_check(owner, owner_trigger))
+        also = f" and the owner trigger {owner_trigger} on {owner}"
     return Step(
         id=f"drop_sync:{entry.qname}",
         stage="index",
         kind="drop_sync_trigger",
         table=entry.qname,
-        description=f"drop the sync trigger {sync} once its watch proves the application "
-                    f"writes {entry.column} (refused otherwise, with the count)",
+        description=f"drop the sync trigger {sync}{also} once its watch proves the "
+                    f"application writes {entry.column} (refused otherwise, with the count)",
         statements=(
             proof,
             compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(sync), entry.ident),
@@ -176,16 +191,17 @@ def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composab
             compose("DROP FUNCTION IF EXISTS {}()", fn),
             *(compose("DROP SEQUENCE IF EXISTS {}", probe_sequence(entry, k))
               for k in ("missing", "since", "base")),
+            *owner_drops,
         ),
+        # ACCESS EXCLUSIVE on the table (and, for an owned table, on its owner), briefly.
         lock=Lock.ACCESS_EXCLUSIVE,
-        done_check=compose("SELECT NOT ({})", trigger_exists_check(entry.qname, sync)),
-        # Back: the sync trigger exactly as add-column creates it (the watch step's own
+        done_check=done,
+        # Back: the triggers exactly as add-column creates them (the watch step's own
         # inverse has nothing left to drop).
-        inverse=recreate,
+        inverse=(*recreate, *owner_recreate),
         inverse_lock=Lock.SHARE_ROW_EXCLUSIVE,
         estimate=Estimate(seconds=0.01),
         why="Citus refuses triggers on distributed tables",
-        risks=(f"`rls-migrate apply --stage add-column` run again would create {sync} again",),
     )
 
 
@@ -193,16 +209,17 @@ def sync_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
     mode = ctx.playbook.options.index.sync_triggers
     if mode == "keep":
         return []
-    creates = {step.table: step.statements for step in add_column.plan(ctx).steps
-               if step.id.startswith("sync_trigger:")}
+    creates = {step.id: step.statements for step in add_column.plan(ctx).steps}
     watches: list[Step] = []
     drops: list[Step] = []
     for entry in ctx.tenant_tables:
-        if not entry.added or entry.qname not in creates:
+        sync = creates.get(f"sync_trigger:{entry.qname}")
+        if not entry.added or sync is None:
             continue
         watches.append(watch_step(ctx, entry))
         if mode == "drop":
-            drops.append(drop_step(ctx, entry, creates[entry.qname]))
+            drops.append(drop_step(ctx, entry, sync,
+                                   creates.get(f"owner_trigger:{entry.qname}", ())))
     steps = watches + drops
     if mode == "watch" and steps:
         notes.append("sync_triggers: watch: `rls-migrate plan --target citus` shows, per table, "

@@ -37,24 +37,25 @@ from collections.abc import Callable
 
 from psycopg import sql
 
-from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName, quote_ident
+from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import compose
+from rls_migrate.stages import tenant_key_shapes as shapes
 from rls_migrate.stages.common import (
     ESTIMATED_INDEX_BYTES_PER_S,
     PlanContext,
     TenantTable,
     columns_sql,
     constraint_exists_check,
-    exists_sql,
-    object_name,
     regclass_literal,
     rows_estimate,
 )
 from rls_migrate.stages.sync_retire import sync_steps
 from rls_migrate.steps import Estimate, Lock, StagePlan, Step
 
-SUFFIX = "_rlsm_tenant"
+SUFFIX = shapes.TENANT_SUFFIX
+tenant_name = shapes.tenant_name
+replaced_name = shapes.replaced_name
 
 _TAIL = re.compile(
     r"((?: MATCH (?:FULL|SIMPLE|PARTIAL)| ON (?:UPDATE|DELETE) (?:NO ACTION|RESTRICT|CASCADE|"
@@ -63,30 +64,27 @@ _TAIL = re.compile(
 _SET_ACTION = re.compile(r" ON (UPDATE|DELETE) (SET NULL|SET DEFAULT)(?: \(([^()]*)\))?")
 
 
-def tenant_name(qname: QualifiedName, name: str) -> str:
-    return object_name("", QualifiedName(qname.schema, name), SUFFIX)
-
-
-def replaced_name(qname: QualifiedName, name: str) -> str | None:
-    """The name ``name`` was derived from (None when it was shortened with a hash)."""
-    if not name.endswith(SUFFIX):
-        return None
-    old = name[: -len(SUFFIX)]
-    return old if tenant_name(qname, old) == name else None
-
-
 # --------------------------------------------------------------------------- what to do
 
 
 @dataclasses.dataclass(frozen=True)
 class KeySwap:
+    """A primary key to swap for a tenant-leading one. ``partitions``: a partitioned table's
+    (partition, original key name); ``added``: the table had no primary key, ``old_name``
+    and ``old_columns`` are the NOT NULL unique key it is built from (see
+    :mod:`.tenant_key_shapes`)."""
+
     entry: TenantTable
     old_name: str
     old_columns: tuple[str, ...]
     swapped: bool
+    partitions: tuple[tuple[QualifiedName, str], ...] = ()
+    added: bool = False
 
     @property
     def new_name(self) -> str:
+        if self.added:
+            return shapes.added_name(self.entry.qname)
         return tenant_name(self.entry.qname, self.old_name)
 
     @property
@@ -162,7 +160,7 @@ def original_tail(tail: str, columns: tuple[str, ...]) -> str:
 def plan_keys(ctx: PlanContext, notes: list[str]) -> tuple[list[KeySwap], list[Repoint]]:
     swaps: dict[QualifiedName, KeySwap] = {}
     for entry in ctx.tenant_tables:
-        swap = _key_swap(entry, notes)
+        swap = _key_swap(entry, dict(ctx.catalog.tables), notes)
         if swap is not None:
             swaps[entry.qname] = swap
     repoints: list[Repoint] = []
@@ -180,8 +178,15 @@ def plan_keys(ctx: PlanContext, notes: list[str]) -> tuple[list[KeySwap], list[R
             name, columns, ref_columns, tail = original
             if child.column in columns:
                 continue
-            if set(ref_columns) != set(swap.old_columns):
+            if set(ref_columns) != set(swap.old_columns) or swap.added:
                 continue  # references another unique key: not in the way of the swap
+            if swap.partitions:
+                blocked[fk.ref_table] = (
+                    f"{child.qname}.{name} references it, and a partitioned table's new key "
+                    f"exists only once swapped: drop {name}, apply the index stage, then add "
+                    f"it back as ({child.column}, {', '.join(columns)}) -> ({swap.entry.column}, "
+                    f"{', '.join(ref_columns)}) NOT VALID and VALIDATE it")
+                continue
             why = ""
             if child.table.is_partitioned and ctx.catalog.major < 18:
                 why = (f"PostgreSQL {ctx.catalog.major} cannot add a NOT VALID foreign key on "
@@ -206,7 +211,7 @@ def plan_keys(ctx: PlanContext, notes: list[str]) -> tuple[list[KeySwap], list[R
             if fk.ref_table in swaps and ctx.tenant_table(fk.table) is None:
                 into.setdefault(fk.ref_table, []).append(fk)
     for qname, swap in list(swaps.items()):
-        if swap.swapped:
+        if swap.swapped or swap.added:
             continue
         outside = [f"{fk.table}.{fk.name}" for fk in into.get(qname, ())
                    if set(fk.ref_columns) == set(swap.old_columns)]
@@ -221,27 +226,49 @@ def plan_keys(ctx: PlanContext, notes: list[str]) -> tuple[list[KeySwap], list[R
     return list(swaps.values()), repoints
 
 
-def _key_swap(entry: TenantTable, notes: list[str]) -> KeySwap | None:
+def _key_swap(entry: TenantTable, tables: dict[QualifiedName, Table], notes: list[str]
+              ) -> KeySwap | None:
     if entry.strategy == "root":
         return None
     table = entry.table
     con: Constraint | None = next((c for c in table.constraints if c.kind == "p"), None)
-    if con is None:
-        return None
-    if entry.column in con.columns:
+    if con is None or con.name == shapes.added_name(entry.qname):
+        return _added_key(entry, con, notes)
+    swapped = entry.column in con.columns
+    if swapped:
         old = replaced_name(entry.qname, con.name)
-        if old is not None and con.columns[:1] == (entry.column,) and len(con.columns) > 1:
-            return KeySwap(entry, old, tuple(con.columns[1:]), swapped=True)
-        return None
-    if table.is_partitioned:
-        notes.append(f"{entry.qname}: a partitioned table's primary key cannot be swapped USING "
-                     "INDEX: recreate it with the tenant column by hand (see plan --target "
-                     "citus)")
-        return None
-    if "DEFERRABLE" in con.definition and "NOT DEFERRABLE" not in con.definition:
+        if old is None or con.columns[:1] != (entry.column,) or len(con.columns) < 2:
+            return None  # the user's own key holds the tenant already
+    elif "DEFERRABLE" in con.definition and "NOT DEFERRABLE" not in con.definition:
         notes.append(f"{entry.qname}: {con.name} is DEFERRABLE: left as it is")
         return None
-    return KeySwap(entry, con.name, tuple(con.columns), swapped=False)
+    parts: list[tuple[QualifiedName, str]] = []
+    if table.is_partitioned:
+        parts, why = shapes.partition_keys(table, tables, swapped=swapped)
+        if why:
+            notes.append(f"{entry.qname}: primary key left as it is: {why} (blocker: recreate "
+                         f"it as ({entry.column}, {', '.join(con.columns)}) by hand)")
+            return None
+    if swapped:
+        return KeySwap(entry, old or "", tuple(con.columns[1:]), swapped=True,
+                       partitions=tuple(parts))
+    return KeySwap(entry, con.name, tuple(con.columns), swapped=False, partitions=tuple(parts))
+
+
+def _added_key(entry: TenantTable, con: Constraint | None, notes: list[str]) -> KeySwap | None:
+    """A table without a primary key (or with the one this stage added)."""
+    found = shapes.unique_key_for(entry.table)
+    if con is not None and con.columns[:1] == (entry.column,) and len(con.columns) > 1:
+        return KeySwap(entry, found[0] if found else "", tuple(con.columns[1:]),
+                       swapped=True, added=True)
+    if entry.table.is_partitioned or found is None:
+        what = ("a partitioned table without a primary key" if entry.table.is_partitioned
+                else "no primary key and no NOT NULL unique key to build one from")
+        notes.append(f"{entry.qname}: primary key not added: {what} (blocker: add a NOT NULL "
+                     f"unique key, e.g. an identity column id with UNIQUE (id), and apply the "
+                     f"index stage again; it adds PRIMARY KEY ({entry.column}, id))")
+        return None
+    return KeySwap(entry, found[0], found[1], swapped=False, added=True)
 
 
 def _original_of(child: TenantTable, fk: ForeignKey, swap: KeySwap,
@@ -262,28 +289,10 @@ def _original_of(child: TenantTable, fk: ForeignKey, swap: KeySwap,
 # --------------------------------------------------------------------------- steps
 
 
-def _set_lock_timeout(ms: float) -> sql.Composed:
-    value = "0" if ms <= 0 else f"{max(1, round(ms))}ms"
-    return compose("SELECT set_config('lock_timeout', {}, false)", sql.Literal(value))
-
-
-def _do(body: sql.Composable) -> sql.Composed:
-    return compose("DO {}", sql.Literal(as_text(compose("BEGIN {} END", body))))
-
-
-def _index_ready(qname: QualifiedName, name: str) -> sql.Composed:
-    return exists_sql(compose(
-        "SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-        " WHERE x.indrelid = {} AND c.relname = {} AND x.indisvalid AND x.indisunique",
-        regclass_literal(qname), sql.Literal(name)))
-
-
-def _drop_invalid(qname: QualifiedName, name: str) -> sql.Composed:
-    return _do(compose(
-        "IF EXISTS (SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-        " WHERE x.indrelid = {t} AND c.relname = {n} AND NOT x.indisvalid)"
-        " THEN DROP INDEX {i}; END IF;",
-        t=regclass_literal(qname), n=sql.Literal(name), i=sql.Identifier(qname.schema, name)))
+_set_lock_timeout = shapes.set_lock_timeout
+_do = shapes.do_block
+_index_ready = shapes.index_ready
+_drop_invalid = shapes.drop_invalid
 
 
 def _add_fk_sql(child: TenantTable, name: str, columns: tuple[str, ...], parent: TenantTable,
@@ -315,6 +324,13 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
     builds, adds, validates, drops, swaps_out = [], [], [], [], []
     for swap in swaps:
         entry = swap.entry
+        if swap.partitions:
+            builds += shapes.partition_builds(entry, list(swap.partitions), swap.new_columns,
+                                              dict(ctx.catalog.tables))
+            continue
+        if swap.added:
+            builds.append(shapes.added_build(entry, swap.old_columns))
+            continue
         idx = sql.Identifier(entry.qname.schema, swap.new_name)
         builds.append(Step(
             id=f"create_index:{entry.qname}:{swap.new_name}",
@@ -401,7 +417,14 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
     for rp in repoints:
         by_parent.setdefault(rp.parent.entry.qname, []).append(rp)
     for swap in swaps:
-        swaps_out.append(_swap_step(ctx, swap, by_parent.get(swap.entry.qname, []), lock_ms))
+        if swap.partitions:
+            swaps_out.append(shapes.partitioned_swap_step(
+                swap.entry, swap.old_name, swap.old_columns, list(swap.partitions), lock_ms))
+        elif swap.added:
+            swaps_out.append(shapes.added_key_step(swap.entry, swap.old_name, swap.old_columns))
+        else:
+            swaps_out.append(_swap_step(ctx, swap, by_parent.get(swap.entry.qname, []),
+                                        lock_ms))
     if swaps:
         notes.append("tenant_primary_keys: the primary key (tenant, id) serves what the "
                      "tenant index (tenant, id) does; with options.index.tenant_index: tenant "

@@ -9,8 +9,12 @@ from observe_corpus import orm
 from observe_corpus.database import Tenant
 from observe_corpus.pattern import Pattern
 
-CURSOR_BUG = ("findings-evidence.md 09:35: a server-side cursor's plan runs at FETCH, the "
-              "recorder records 'FETCH FORWARD 50 FROM c', and its replay fails: unconfirmable")
+CURSOR_BUG = (
+    "not solvable with what PostgreSQL exposes: a server-side cursor declared with bound "
+    "parameters runs its plan at FETCH, whose log entry carries no parameters (the DECLARE's "
+    "are in no log entry, and pg_cursors has the query without them), so replay cannot run "
+    "it: the gate stays closed, unconfirmable, and the report says why "
+    "(rls_migrate.replay.CURSOR_WITH_PARAMETERS)")
 
 
 def project(t: Tenant) -> dict[str, object]:

@@ -69,21 +69,16 @@ UPDATES = (
             lambda t: {"issue": t.issue}, orm=orm.update_issue_by_id),
 )
 
-GONE_AFTER_COMMIT = (
-    "findings-evidence.md 09:50: a correct legacy DELETE whose rows are gone once it committed "
-    "replays 0/0, and replay calls 0/0 writes unconfirmable (so that a committed IDOR delete "
-    "cannot pass as harmless): the gate stays closed for it")
-
 DELETES = (
-    # The rows go at commit: replay finds nothing to delete, observed or enforced. LIKE is not
+    # The rows go at commit: replay finds nothing to delete, observed or enforced; the
+    # write-truth triggers saw that every row it deleted was the tenant's own. LIKE is not
     # leakproof, so the policy sees every comment the hash join scans.
     Pattern("delete_drafts_of_project", "delete",
             "DELETE FROM comments c USING issues i WHERE i.id = c.issue_id"
             " AND i.project_id = %(project)s AND c.body LIKE 'corpus-draft%%' RETURNING c.body",
             lambda t: {"project": t.project, "issue": t.issue},
             before=("INSERT INTO comments (issue_id, body, created_at)"
-                    " VALUES (%(issue)s, 'corpus-draft', '2026-01-01')",),
-            known=GONE_AFTER_COMMIT),
+                    " VALUES (%(issue)s, 'corpus-draft', '2026-01-01')",)),
     Pattern("delete_using_parent", "delete",
             "DELETE FROM comments c USING issues i WHERE i.id = c.issue_id"
             " AND i.project_id = %(project)s AND c.body = 'corpus-temp' RETURNING c.body",

@@ -82,10 +82,7 @@ WRONG_PATHS = (
                          " RETURNING id", lambda t: {"i": t.other_issue})),
     WrongPath("idor_delete", "deletes another tenant's comment by id (IDOR)",
               _in_tenant("DELETE FROM comments WHERE id = %(c)s RETURNING id",
-                         lambda t: {"c": t.other_leaf_comment}),
-              known="evidence (09:45): the gate refuses it, but unconfirmable, not confirmed:"
-                    " the deleted row is gone when replayed (0 rows both ways), and 0/0 of a"
-                    " statement that changes rows is unconfirmable, never harmless"),
+                         lambda t: {"c": t.other_leaf_comment})),
     WrongPath("cross_tenant_insert", "inserts a row for another tenant",
               _in_tenant("INSERT INTO projects (account_id, name) VALUES (%(o)s, 'misfiled')"
                          " RETURNING account_id, name", lambda t: {"o": t.other})),

@@ -21,6 +21,7 @@ from rls_migrate.alembic.runtime import (
     target,
     translated_errors,
 )
+from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import PlanContext, TenantTable, with_partitions
 from rls_migrate.stages.policies import (
     BASELINE_POLICY,
@@ -204,7 +205,7 @@ def _policy_statements(kind: str, mode: str, spec: PolicySpec, ctx: PlanContext,
                   if spec.baseline else []),
                 *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(
                     recorder_signature(ctx, entry, operation)) for operation in OPERATIONS),
-                *drop_legacy_recorders(ctx, entry)]
+                *drop_legacy_recorders(ctx, entry), *write_truth.remove(entry)]
     out: list[sql.Composable] = []
     if mode == "observe":
         out += _recorders(ctx, entry)
@@ -231,7 +232,11 @@ def _policy_statements(kind: str, mode: str, spec: PolicySpec, ctx: PlanContext,
             out.append(sql.SQL("ALTER POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})").format(
                 base, ident, base_role, base_expr, base_expr))
     if mode == "observe":
-        out += drop_legacy_recorders(ctx, entry)
+        # The write-truth triggers, as the observe stage installs them (see
+        # rls_migrate.stages.write_truth); enforced, nothing flags a statement: they go.
+        out += [*drop_legacy_recorders(ctx, entry), *write_truth.install(ctx, entry)]
+    else:
+        out += write_truth.remove(entry)
     return out
 
 

@@ -32,8 +32,9 @@ waits for.
 One module per idea: :mod:`.shapes` (index definitions taken apart, our names),
 :mod:`.tenant_index` (the tenant index, twins, concurrent and partitioned builds),
 :mod:`.uniques` (tenant-scoped uniques and keys), :mod:`.foreign_keys` (tenant-consistent
-foreign keys), :mod:`.statistics` (the planner's statistics), :mod:`.build_watcher` (the
-runtime handler of a build); the stage itself, which puts them together, is here.
+foreign keys), :mod:`.statistics` (the planner's statistics), :mod:`.usage` (the index usage
+twins are decided from, pinned in the journal), :mod:`.build_watcher` (the runtime handler of a
+build); the stage itself, which puts them together, is here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from rls_migrate.stages.index.tenant_index import (
     twin_steps,
 )
 from rls_migrate.stages.index.uniques import add_key_step, key_steps, unique_steps
+from rls_migrate.stages.index.usage import pin_step
 from rls_migrate.steps import StagePlan, Step
 
 
@@ -111,7 +113,11 @@ def plan(ctx: PlanContext) -> StagePlan:
     if ctx.playbook.options.index.tenant_statistics:
         for entry in ctx.tenant_tables:
             steps.extend(statistics_steps(ctx, entry))
-    return StagePlan("index", tuple(_unique_ids(steps)), tuple(notes))
+    # First of all, before anything the stage does can move the counters: the usage the
+    # twins were decided from (see .usage).
+    pins = [p for e in ctx.tenant_tables if e.strategy != "root"
+            and (p := pin_step(ctx, e)) is not None]
+    return StagePlan("index", tuple(_unique_ids([*pins, *steps])), tuple(notes))
 
 
 def _report_invalid(ctx: PlanContext, entry: TenantTable, notes: list[str]) -> None:

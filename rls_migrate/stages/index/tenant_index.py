@@ -18,7 +18,8 @@ from rls_migrate.stages.common import (
     object_name,
     regclass_literal,
 )
-from rls_migrate.stages.index.shapes import INDEX_SUFFIX, IndexShape, is_ours, shape_of
+from rls_migrate.stages.index.shapes import INDEX_SUFFIX, IndexShape, shape_of
+from rls_migrate.stages.index.usage import scans_of, usage_decided
 from rls_migrate.steps import Estimate, Lock, Step
 
 
@@ -90,18 +91,13 @@ def twin_candidates(ctx: PlanContext, entry: TenantTable) -> list[tuple[Index, s
     min_scans = ctx.playbook.options.index.twin_min_scans
     names = {i.name for i in entry.table.indexes}
     for idx in entry.table.indexes:
-        if idx.is_primary or idx.parent_index or idx.method != "btree" or not idx.is_valid:
-            continue
-        if idx.name in entry.plan.skip_indexes or is_ours(idx.name):
-            continue
-        if not idx.columns or idx.columns[0] == entry.column or None in idx.columns:
-            continue
-        if idx.is_unique:
-            continue  # uniqueness is the tenant_unique option's business
+        if not usage_decided(entry, idx):
+            continue  # uniqueness is the tenant_unique option's business; ours are twins
         twinned = twin_name(entry.qname, idx.name) in names
-        if idx.scans is not None and idx.scans < min_scans and not twinned:
+        scans = scans_of(ctx, entry, idx)
+        if scans is not None and scans < min_scans and not twinned:
             continue
-        used = "unknown usage" if idx.scans is None else f"{idx.scans} scans"
+        used = "unknown usage" if scans is None else f"{scans} scans"
         out.append((idx, f"{idx.name} ({', '.join(c for c in idx.columns if c)}) is used "
                          f"({used}); under the policy its queries also filter by tenant"))
     return out
