@@ -30,7 +30,8 @@ from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
-from rls_migrate.executor import Executor, StepOutcome
+from rls_migrate.executor import Executor
+from rls_migrate.outcomes import StepOutcome
 from rls_migrate.sqlcompose import as_text, compose, sep
 from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
