@@ -25,7 +25,7 @@ from rls_migrate.outcomes import StageResult, StepOutcome, now
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
 from rls_migrate.progress import ProgressHook
-from rls_migrate.stages.backfill import run_backfill
+from rls_migrate.stages.backfill_runner import run_backfill
 from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles
 from rls_migrate.steps import LOCKS_BY_LABEL, STAGES, Lock, Plan, StagePlan, Step
