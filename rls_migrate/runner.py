@@ -21,6 +21,7 @@ from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
 from rls_migrate.executor import Executor
 from rls_migrate.gate import enforce_gate
+from rls_migrate.migration_lock import MigrationLock
 from rls_migrate.outcomes import StageResult, StepOutcome, now
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
@@ -183,7 +184,7 @@ def apply_stage(
                 True), plan.stage(stage))
         journal = journal_mod.Journal(conn)
         notes = _require_previous(conn, journal, plan, stage)
-        with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
+        with MigrationLock(conn, command=f"apply {stage}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             # The gate first: a refused stage leaves no half-open run in the journal.
             gate = GATES.get(stage)
@@ -251,7 +252,7 @@ def rollback_to(
             raise GateClosed("nothing to roll back: the rls_migrate schema does not exist")
         _, plan = _plan(conn, playbook, source)
         journal = journal_mod.Journal(conn)
-        with journal_mod.MigrationLock(conn, command=f"rollback {target}"):
+        with MigrationLock(conn, command=f"rollback {target}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             unplanned, left = _journaled_not_planned(journal, plan, undo)
             if left:
