@@ -68,7 +68,7 @@ from rls_migrate.journal import Journal
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
 from rls_migrate.runner import apply_stage
-from rls_migrate.stages.backfill import BackfillResult, _inspect, run_backfill
+from rls_migrate.stages.backfill_runner import BackfillResult, _inspect, run_backfill
 from rls_migrate.steps import Step
 from rls_migrate.testing import servers
 

@@ -7,6 +7,11 @@ the root through chains of foreign keys) on every local major: `rls-migrate plan
 in each format (text, markdown, json, sql), the median and the slowest of a few runs, and the
 size of what it writes. Target: every format under 2 s.
 
+Knobs: ``BENCH_PLAN_SIZES`` (default ``100,1000,5000``; empty: the derived-heavy schema
+alone, the other rows kept), ``BENCH_PLAN_BACKENDS`` (default ``embedded,system``),
+``BENCH_PLAN_BASELINE`` (a git revision, e.g. ``main``: also run that revision's code in the
+same rounds, alternating, and say whether its output is byte-identical).
+
 `plan_total_s` is what `rls-migrate plan` does in-process (catalog, playbook, planning);
 `cli_text_s` is the command itself, end to end, as a user runs it (a new process: imports,
 connection, catalog, playbook, planning, the text report on stdout); `init_s` is discovery
@@ -15,6 +20,7 @@ Target (issue [plan]): under 2 s for 1,000 tables."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -73,20 +79,40 @@ def playbook_text(catalog: Catalog) -> str:
     return build_playbook_yaml(graph, catalog, app_role="bench_app")
 
 
-def run_plan(dsn: str, playbook: Path, fmt: str) -> tuple[float, float, int]:
+def run_plan(dsn: str, playbook: Path, fmt: str, *options: str,
+             source: Path | None = None) -> tuple[float, float, int, str]:
     """``rls-migrate plan`` as a user runs it: seconds from process start to exit, the CPU
     seconds the process used (user + system: what a busy machine does not inflate as much),
-    and the bytes it wrote on stdout."""
+    the bytes it wrote on stdout and their digest. ``source``: run the rls_migrate found
+    there instead (the baseline)."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "rls_migrate", "plan", str(playbook), "--dsn",
-                           dsn, "--format", fmt], capture_output=True, timeout=600, check=False)
+                           dsn, "--format", fmt, *options], capture_output=True, timeout=600,
+                          check=False, env=env, cwd=playbook.parent)  # not the checkout's
+                          # directory: `-m` would import rls_migrate from there first
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"rls-migrate plan failed: {done.stderr[-2000:]!r}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return seconds, cpu, len(done.stdout)
+    return seconds, cpu, len(done.stdout), hashlib.sha256(done.stdout).hexdigest()
+
+
+def baseline_source(into: Path) -> Path | None:
+    """``BENCH_PLAN_BASELINE`` (a git revision, e.g. ``main``): that revision's code, run in
+    the same rounds as this one (alternating, so both see the same machine)."""
+    ref = os.environ.get("BENCH_PLAN_BASELINE")
+    if not ref:
+        return None
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "rls_migrate"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def measure(dsn: str, tables: int, rounds: int = 3) -> dict[str, float]:
@@ -109,32 +135,54 @@ def measure(dsn: str, tables: int, rounds: int = 3) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "app.yaml"
         path.write_text(text)
-        cli_text_s, _, _ = run_plan(dsn, path, "text")
+        cli_text_s = run_plan(dsn, path, "text")[0]
     return {"tables": tables, "steps": len(plan.steps), "catalog_queries": catalog.queries_run,
             "catalog_s": min(catalog_s), "plan_total_s": min(plan_s), "cli_text_s": cli_text_s,
             "init_s": init_s,
             "planning_over_catalog": round(min(plan_s) / min(catalog_s), 2)}
 
 
+def _summary(runs: list[tuple[float, float, int, str]]) -> dict[str, Any]:
+    seconds = sorted(r[0] for r in runs)
+    return {"median_s": round(statistics.median(seconds), 3), "max_s": round(seconds[-1], 3),
+            "cpu_median_s": round(statistics.median(r[1] for r in runs), 3),
+            "bytes": runs[0][2]}
+
+
 def measure_formats(dsn: str, rounds: int = 3) -> dict[str, Any]:
-    """The derived-heavy schema: every format end to end, ``rounds`` times each."""
+    """The derived-heavy schema: every format end to end, ``rounds`` times each; the floor
+    (``--stage prepare --no-preflight``: interpreter, imports, connection, catalog, almost no
+    planning) and, with ``BENCH_PLAN_BASELINE``, the baseline revision in the same rounds."""
     tables, direct = DERIVED_HEAVY
     with psycopg.connect(dsn, autocommit=True) as conn:
         create_schema(conn, tables, direct)
         text = playbook_text(Catalog.load(conn))
     out: dict[str, Any] = {"tables": tables, "direct": direct,
-                           "derived": tables - 1 - direct}
+                           "derived": tables - 1 - direct, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "app.yaml"
         path.write_text(text)
+        base_dir = Path(tmp) / "baseline"
+        base_dir.mkdir()
+        baseline = baseline_source(base_dir)
         run_plan(dsn, path, "text")  # warm the server's and the OS's caches
+        out["floor"] = _summary([run_plan(dsn, path, "text", "--stage", "prepare",
+                                          "--no-preflight") for _ in range(rounds)])
         for fmt in FORMATS:
-            runs = [run_plan(dsn, path, fmt) for _ in range(rounds)]
-            seconds = sorted(s for s, _, _ in runs)
-            out[fmt] = {"median_s": round(statistics.median(seconds), 3),
-                        "max_s": round(seconds[-1], 3),
-                        "cpu_median_s": round(statistics.median(c for _, c, _ in runs), 3),
-                        "bytes": runs[0][2]}
+            runs, base_runs = [], []
+            for _ in range(rounds):
+                runs.append(run_plan(dsn, path, fmt))
+                if baseline is not None:
+                    base_runs.append(run_plan(dsn, path, fmt, source=baseline))
+            out[fmt] = _summary(runs)
+            if base_runs:
+                base = _summary(base_runs)
+                out[fmt]["baseline"] = {
+                    "revision": os.environ["BENCH_PLAN_BASELINE"], **base,
+                    "same_output": base_runs[0][3] == runs[0][3],
+                    "speedup_wall": round(base["median_s"] / out[fmt]["median_s"], 2),
+                    "speedup_cpu": round(base["cpu_median_s"] / out[fmt]["cpu_median_s"], 2)}
+    out["load_after"] = os.getloadavg()[0]
     return out
 
 
@@ -192,6 +240,15 @@ def main() -> None:
             f"{h[f]['median_s']:.2f} s ({h[f]['max_s']:.2f}), cpu {h[f]['cpu_median_s']:.2f} s,"
             f" {h[f]['bytes'] / 1e6:.1f} MB"
             for f in FORMATS) + " |")
+        if all("baseline" in h[f] for f in FORMATS):
+            b = {f: h[f]["baseline"] for f in FORMATS}
+            print(f"| {h['postgres']}, baseline {b['text']['revision']} | " + " | ".join(
+                f"{b[f]['median_s']:.2f} s, cpu {b[f]['cpu_median_s']:.2f} s"
+                f" ({'same output' if b[f]['same_output'] else 'OUTPUT DIFFERS'})"
+                for f in FORMATS) + " |")
+        print(f"\nFloor (`--stage prepare --no-preflight`: interpreter, imports, connection,"
+              f" catalog): {h['floor']['median_s']:.2f} s, cpu {h['floor']['cpu_median_s']:.2f}"
+              f" s; load average {h['load_before']:.1f} before, {h['load_after']:.1f} after")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ from rls_migrate.catalog import Catalog, Policy, QualifiedName, Table, parse_col
 from rls_migrate.connect import DSN_DEFAULT_HELP
 from rls_migrate.discover import TENANT_KINDS, Classification, TenantGraph, discover
 from rls_migrate.errors import UsageError
-from rls_migrate.playbook import TODO, Playbook, TablePlan, check_against_catalog
+from rls_migrate.playbook import TODO, Playbook, TablePlan
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.stages.common import PlanContext, with_partitions
 from rls_migrate.verify.expressions import admits_missing_context, calls_toolkit, is_always_true
 

@@ -63,3 +63,16 @@ class GateClosed(RlsMigrateError):
     """A stage refused to run because its gate (a clean report, an earlier stage) is shut."""
 
     exit_code = 3
+
+
+class Interrupted(RlsMigrateError):
+    """Ctrl-C during a step: the statement was cancelled, the step rolled back and
+    journaled ``interrupted``; running the same command again resumes."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, step_id: str | None = None,
+                 stage: str | None = None) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.stage = stage

@@ -23,7 +23,8 @@ For every step, in order:
   attempts and the sessions holding conflicting locks;
 * every outcome is journaled (``done``/``skipped``/``failed``/``interrupted``) with its
   timings and attempts, and logged (structlog); Ctrl-C cancels the running statement, rolls
-  back, journals ``interrupted`` and raises :class:`Interrupted` (exit code 130).
+  back, journals ``interrupted`` and raises :class:`~rls_migrate.errors.Interrupted`
+  (exit code 130).
 
 Kind handlers
 -------------
@@ -43,9 +44,9 @@ The contract:
   serialization failures with backoff (its cursor is the one to pass to
   :func:`rls_migrate.journal.record_batch` / :func:`~rls_migrate.journal.save_checkpoint`,
   so a batch and its checkpoint commit together);
-* it returns a :class:`StepOutcome` (``StepOutcome.finish(step, "done", started=...,
-  attempts=..., details=...)``); the executor journals it: a handler never journals the step
-  itself;
+* it returns a :class:`~rls_migrate.outcomes.StepOutcome` (``StepOutcome.finish(step,
+  "done", started=..., attempts=..., details=...)``); the executor journals it: a handler
+  never journals the step itself;
 * it signals failure by raising :class:`~rls_migrate.errors.StepFailed` (any other
   ``psycopg.Error`` is wrapped into one); a ``KeyboardInterrupt`` must propagate;
 * it may report progress with ``executor.progress.step_advance(step, completed, total)``
@@ -71,10 +72,17 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from rls_migrate.errors import RlsMigrateError, StepFailed
-from rls_migrate.lockholders import describe_holder, lock_holders
+from rls_migrate.errors import Interrupted, StepFailed
+from rls_migrate.outcomes import StageResult, StepOutcome, now
 from rls_migrate.playbook import Options
 from rls_migrate.progress import ProgressHook
+from rls_migrate.step_messages import (
+    error_message,
+    first_line,
+    interrupted_message,
+    lock_failure_message,
+    ms_setting,
+)
 from rls_migrate.steps import Lock, StagePlan, Step
 
 if TYPE_CHECKING:
@@ -96,117 +104,7 @@ _RETRY_ON_LOCK = (psycopg.errors.LockNotAvailable,)
 _RETRY_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
-class Interrupted(RlsMigrateError):
-    """Ctrl-C during a step: the statement was cancelled, the step rolled back and
-    journaled ``interrupted``; running the same command again resumes."""
-
-    exit_code = 130
-
-    def __init__(self, message: str, *, step_id: str | None = None,
-                 stage: str | None = None) -> None:
-        super().__init__(message)
-        self.step_id = step_id
-        self.stage = stage
-
-
-# --------------------------------------------------------------------------- results
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOutcome:
-    """What happened to one step. ``outcome``: ``done``, ``skipped``, ``failed``,
-    ``interrupted``, ``undone``, or ``would-run`` in a dry run."""
-
-    step_id: str
-    stage: str
-    kind: str
-    table: str | None
-    outcome: str
-    attempts: int
-    started: dt.datetime
-    finished: dt.datetime
-    duration_ms: float
-    error: str | None = None
-    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def finish(
-        cls,
-        step: Step,
-        outcome: str,
-        *,
-        started: dt.datetime,
-        attempts: int = 1,
-        error: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> StepOutcome:
-        """An outcome that ends now."""
-        finished = _now()
-        return cls(
-            step_id=step.id, stage=step.stage, kind=step.kind,
-            table=None if step.table is None else str(step.table), outcome=outcome,
-            attempts=attempts, started=started, finished=finished,
-            duration_ms=(finished - started).total_seconds() * 1000.0, error=error,
-            details=dict(details or {}),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class StageResult:
-    """The outcomes of one stage run (or rollback), in the order the steps ran."""
-
-    stage: str
-    outcomes: tuple[StepOutcome, ...] = ()
-    dry_run: bool = False
-
-    def _count(self, outcome: str) -> int:
-        return sum(1 for o in self.outcomes if o.outcome == outcome)
-
-    @property
-    def done(self) -> int:
-        return self._count("done")
-
-    @property
-    def skipped(self) -> int:
-        return self._count("skipped")
-
-    @property
-    def failed(self) -> int:
-        return self._count("failed")
-
-    @property
-    def undone(self) -> int:
-        return self._count("undone")
-
-    @property
-    def would_run(self) -> list[str]:
-        """Dry run: the ids of the steps that would run."""
-        return [o.step_id for o in self.outcomes if o.outcome == "would-run"]
-
-    @property
-    def duration_ms(self) -> float:
-        return sum(o.duration_ms for o in self.outcomes)
-
-    def outcome(self, step_id: str) -> StepOutcome:
-        for o in self.outcomes:
-            if o.step_id == step_id:
-                return o
-        raise KeyError(step_id)
-
-
 # --------------------------------------------------------------------------- the executor
-
-
-def _ms_setting(ms: float) -> str:
-    """A duration for lock_timeout/statement_timeout; 0 disables it, and a positive value
-    never rounds down to 0 (which would disable it too)."""
-    if ms <= 0:
-        return "0"
-    return f"{max(1, round(ms))}ms"
 
 
 def _query(statement: sql.Composable) -> sql.SQL | sql.Composed:
@@ -214,11 +112,6 @@ def _query(statement: sql.Composable) -> sql.SQL | sql.Composed:
     if isinstance(statement, sql.SQL | sql.Composed):
         return statement
     return sql.Composed([statement])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclasses.dataclass
@@ -317,7 +210,7 @@ class Executor:
                       *, local: bool) -> None:
         db.execute(
             "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            [_ms_setting(lock_ms), local, _ms_setting(statement_ms), local],
+            [ms_setting(lock_ms), local, ms_setting(statement_ms), local],
         )
 
     @contextlib.contextmanager
@@ -376,7 +269,7 @@ class Executor:
                     {"ms": (time.monotonic() - t0) * 1000.0, "error": "lock_timeout"})
                 if lock_retries >= self.options.retries:
                     raise StepFailed(
-                        self._lock_failure_message(step, lock, lock_ms, trace, action)
+                        lock_failure_message(self.conn, step, lock, lock_ms, trace.count, action)
                     ) from exc
                 lock_retries += 1
             except _RETRY_TRANSIENT as exc:
@@ -386,7 +279,7 @@ class Executor:
                 if transient_retries >= TRANSIENT_RETRIES:
                     raise StepFailed(
                         f"step {step.id} ({action}) failed after {trace.count} attempts: "
-                        f"{_first_line(exc)}"
+                        f"{first_line(exc)}"
                     ) from exc
                 transient_retries += 1
             except BaseException as exc:
@@ -407,34 +300,6 @@ class Executor:
             hook = self.retry_hook_for(step.kind)
             if hook is not None:
                 hook(self, step, error)
-
-    def _lock_failure_message(
-        self, step: Step, lock: Lock, lock_ms: float, trace: _Trace, action: str
-    ) -> str:
-        where = f"on {step.table}" if step.table is not None else "it needs"
-        text = (
-            f"step {step.id} ({action}) gave up: could not take the {lock.label} lock "
-            f"{where} within lock_timeout {_ms_setting(lock_ms)} in {trace.count} attempts"
-        )
-        if lock.is_strong:
-            text += f" (while waiting it blocks {lock.blocks.split(';')[0]})"
-        if step.table is None:
-            return text + ". Raise options.retries or options.lock_timeout, or retry later."
-        try:
-            holders = lock_holders(self.conn, step.table, conflicting_with=lock)
-        except psycopg.Error as exc:
-            return text + f". (Could not list the lock holders: {_first_line(exc)}.)"
-        if not holders:
-            return text + (". No other session holds a lock on the table now: the blocker "
-                           "has finished, so running the stage again should succeed.")
-        listed = "; ".join(describe_holder(h) for h in holders[:5])
-        more = f" and {len(holders) - 5} more" if len(holders) > 5 else ""
-        pids = [h["pid"] for h in holders if h.get("pid") is not None]
-        end = (f" or end it with SELECT pg_terminate_backend({pids[0]})" if pids else "")
-        return (
-            text + f". Held by: {listed}{more}. Let that transaction finish{end}, then run the "
-            f"stage again; options.lock_timeout and options.retries set the patience."
-        )
 
     # -- public building blocks for handlers
 
@@ -516,7 +381,7 @@ class Executor:
                                   lock_ms=self.options.lock_timeout, trace=trace,
                                   action="done check")
         except psycopg.Error as exc:
-            raise StepFailed(self._error_message(step, exc, "done check")) from exc
+            raise StepFailed(error_message(step, exc, "done check")) from exc
         return "done_check" if done else None
 
     # -- stages
@@ -562,7 +427,7 @@ class Executor:
         return result
 
     def _run_one(self, step: Step, *, dry_run: bool) -> StepOutcome:
-        started = _now()
+        started = now()
         trace = _Trace()
         log = self.log.bind(step=step.id, stage=step.stage, kind=step.kind,
                             table=None if step.table is None else str(step.table))
@@ -600,7 +465,7 @@ class Executor:
         raise AssertionError("unreachable: _guard re-raises")  # pragma: no cover
 
     def _undo_one(self, step: Step, *, dry_run: bool) -> StepOutcome:
-        started = _now()
+        started = now()
         trace = _Trace()
         log = self.log.bind(step=step.id, stage=step.stage, kind=step.kind,
                             table=None if step.table is None else str(step.table))
@@ -642,13 +507,13 @@ class Executor:
                     error="interrupted (Ctrl-C)", details=self._details(trace)),
                     quiet=True)
             log.warning("step.interrupted", attempts=trace.count)
-            raise Interrupted(self._interrupted_message(step, action),
+            raise Interrupted(interrupted_message(step, action),
                               step_id=step.id, stage=step.stage) from None
         except StepFailed as exc:
             self._fail(step, started, trace, log, exc.message, dry_run=dry_run)
             raise
         except psycopg.Error as exc:
-            message = self._error_message(step, exc, action)
+            message = error_message(step, exc, action)
             self._fail(step, started, trace, log, message, dry_run=dry_run)
             raise StepFailed(message) from exc
         except Exception as exc:
@@ -669,31 +534,6 @@ class Executor:
     @staticmethod
     def _details(trace: _Trace) -> dict[str, Any]:
         return {"attempts": trace.attempts}
-
-    @staticmethod
-    def _error_message(step: Step, exc: psycopg.Error, action: str) -> str:
-        state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-        text = f"step {step.id} ({action}) failed{state}: {_first_line(exc)}"
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            text += (" (statement_timeout: raise options.ddl_statement_timeout, or "
-                     "options.statement_timeout for non-transactional steps)")
-        return text
-
-    @staticmethod
-    def _interrupted_message(step: Step, action: str) -> str:
-        if action == "rollback":
-            again = "run the same rollback again (it undoes what is still done)"
-        else:
-            again = (f"run the same command again (rls-migrate apply <playbook> --stage "
-                     f"{step.stage}): steps already done are skipped")
-        partial = "" if step.transactional else (
-            " This step runs outside a transaction and may have left partial work (an "
-            "INVALID index, say) that the next run detects and redoes.")
-        return (
-            f"interrupted during step {step.id} ({step.stage}): its statement was cancelled "
-            f"and its transaction rolled back. Everything before it is in the journal, so "
-            f"the stage is resumable: {again}.{partial}"
-        )
 
     def _recover_connection(self) -> None:
         """Leave the connection idle after an error or a cancel."""
@@ -726,4 +566,4 @@ class Executor:
                 raise
             # Already failing: the step's own error matters more than the journal's.
             self.log.error("journal.write_failed", step=outcome.step_id,
-                           error=_first_line(exc))
+                           error=first_line(exc))

@@ -11,6 +11,8 @@ record and checkpoint must commit *with* the batch's ``UPDATE`` (a ``kill -9`` t
 loses both or keeps both), so :func:`record_batch` and :func:`save_checkpoint` take the
 caller's cursor.
 
+One runner at a time: :class:`~rls_migrate.migration_lock.MigrationLock`.
+
 Example::
 
     upgrade_schema(conn)
@@ -24,16 +26,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
-import hashlib
 import json
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import psycopg
@@ -43,7 +42,7 @@ from psycopg.types.json import Jsonb
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.connect import resolve_dsn
-from rls_migrate.errors import ConcurrentRunner
+from rls_migrate.journal_rows import Anomaly, Checkpoint, JournaledStep, StatusRow, StepRow
 from rls_migrate.steps import Step, as_string
 
 if TYPE_CHECKING:
@@ -64,16 +63,6 @@ ANOMALY_KINDS: tuple[str, ...] = ("orphan", "conflict")
 # What an outcome means for the step's current state; failed and interrupted change nothing.
 _STATE_OF_OUTCOME = {"done": "done", "skipped": "done", "forced": "done", "undone": "undone"}
 
-
-def _lock_key(name: str) -> int:
-    """A stable signed bigint for ``pg_advisory_lock``, derived from a name."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
-MIGRATION_LOCK_KEY = _lock_key("rls_migrate")
-"""The session advisory lock a runner holds while it changes the database."""
-SCHEMA_UPGRADE_LOCK_KEY = _lock_key("rls_migrate.schema")
-"""A different key, so a schema upgrade on a second connection never waits for the runner."""
 
 _dumps = functools.partial(json.dumps, default=str)
 
@@ -206,84 +195,6 @@ def _run_alembic_unwrapped(conn_or_dsn: Conn | str, run: Callable[[Config], None
         if conn.info.transaction_status != TransactionStatus.IDLE:
             conn.rollback()
         conn.autocommit = saved_autocommit
-
-
-# --------------------------------------------------------------------------- rows
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    """Where a table's backfill stands."""
-
-    table_name: str
-    last_key: tuple[Any, ...] | None
-    max_key: tuple[Any, ...] | None
-    rows_done: int
-    batches: int
-    finished: bool
-    updated_at: dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class Anomaly:
-    table_name: str
-    kind: str
-    count: int
-    sample: Any
-    found_at: dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class JournaledStep:
-    """A done step as the journal keeps it, with its inverse as it was when it ran."""
-
-    step_id: str
-    stage: str
-    table_name: str | None
-    kind: str | None
-    inverse: list[str] | None  # statements as text; None: journaled before revision 0003
-    inverse_lock: str | None  # Lock.label
-    inverse_transactional: bool
-    inverse_needs: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class StepRow:
-    """One step as the journal knows it: current state and its latest outcome."""
-
-    step_id: str
-    stage: str
-    table_name: str | None
-    status: str | None  # done | undone | None (never completed)
-    last_outcome: str | None
-    last_error: str | None
-    attempts: int | None
-    at: dt.datetime | None
-
-
-@dataclasses.dataclass(frozen=True)
-class StatusRow:
-    """One (table, stage) cell of the ``status`` matrix."""
-
-    table_name: str | None
-    stage: str
-    steps: int
-    done: int
-    undone: int
-    last_outcome: str | None
-    last_error: str | None
-    updated_at: dt.datetime | None
-
-    @property
-    def state(self) -> str:
-        """``done``, ``undone``, ``failed``, ``partial`` or ``pending``, for display."""
-        if self.steps and self.done == self.steps:
-            return "done"
-        if self.last_outcome in ("failed", "interrupted"):
-            return self.last_outcome
-        if self.steps and self.undone == self.steps:
-            return "undone"
-        return "partial" if self.done else "pending"
 
 
 # --------------------------------------------------------------------------- batch writes
@@ -641,119 +552,3 @@ class Journal:
             "ORDER BY table_name, kind"
         ).fetchall()
         return [Anomaly(*row) for row in rows]
-
-
-# --------------------------------------------------------------------------- the migration lock
-
-
-def runner_name(command: str) -> str:
-    """The ``application_name`` a runner announces itself with (at most 63 bytes, as the
-    server keeps): ``rls-migrate apply pid=4242 host=deploy-1``."""
-    name = f"rls-migrate {command} pid={os.getpid()} host={socket.gethostname()}"
-    return name.encode()[:63].decode(errors="ignore")
-
-
-def set_runner_name(conn: Conn, command: str) -> str:
-    """Set this session's ``application_name`` to :func:`runner_name` (for pg_stat_activity,
-    the server log, and the message another runner gets)."""
-    name = runner_name(command)
-    conn.execute("SELECT set_config('application_name', %s, false)", [name])
-    return name
-
-
-def lock_holder(conn: Conn, key: int = MIGRATION_LOCK_KEY) -> dict[str, Any] | None:
-    """The session holding the advisory lock ``key`` in this database, other than ours."""
-    # A bigint advisory key shows in pg_locks as classid = high half, objid = low half,
-    # objsubid = 1.
-    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT l.pid, a.application_name, a.client_addr::text AS client_addr, "
-            "       a.client_hostname, a.usename, a.backend_start, a.xact_start, a.state "
-            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-            "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "  AND l.classid::bigint = %s AND l.objid::bigint = %s "
-            "  AND l.pid IS DISTINCT FROM pg_backend_pid() "
-            "LIMIT 1",
-            [high, low],
-        )
-        return cur.fetchone()
-
-
-def describe_lock_holder(holder: Mapping[str, Any] | None) -> str:
-    if holder is None:
-        return "a session that has just gone (try again)"
-    when = holder.get("backend_start")
-    since = f", connected since {when:%Y-%m-%d %H:%M:%S %Z}" if when else ""
-    client = holder.get("client_addr") or "the local socket"
-    app = holder.get("application_name") or ""
-    return (
-        f"pid {holder['pid']} ({app!r}, user {holder.get('usename')!r}, from {client}"
-        f"{since}, {holder.get('state') or 'state unknown'})"
-    )
-
-
-class MigrationLock:
-    """Only one runner changes a database at a time.
-
-    A session-level advisory lock on ``conn``: a second runner gets
-    :class:`~rls_migrate.errors.ConcurrentRunner` naming the first, and a runner killed
-    with ``kill -9`` frees the lock with its session. It needs a direct session (not
-    PgBouncer in transaction mode, which would hand the lock to another client).
-
-    Example::
-
-        with MigrationLock(conn, command="apply"):
-            executor.run(stage)
-    """
-
-    def __init__(
-        self, conn: Conn, *, command: str | None = None, key: int = MIGRATION_LOCK_KEY
-    ) -> None:
-        self.conn = conn
-        self.command = command
-        self.key = key
-        self.held = False
-
-    def acquire(self) -> None:
-        if self.command is not None:
-            set_runner_name(self.conn, self.command)
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", [self.key]).fetchone()
-        if row and row[0]:
-            self.held = True
-            return
-        holder = lock_holder(self.conn, self.key)
-        pid = holder["pid"] if holder else None
-        remedy = (
-            f" If that runner is dead but its session is not, end the session with "
-            f"SELECT pg_terminate_backend({pid});" if pid else ""
-        )
-        raise ConcurrentRunner(
-            f"another rls-migrate runner is working on database {self.conn.info.dbname!r}: "
-            f"{describe_lock_holder(holder)}. Wait for it to finish (rls-migrate status "
-            f"shows its progress).{remedy}"
-        )
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        if self.conn.closed or self.conn.broken:
-            return  # the session is gone, and its lock with it
-        with contextlib.suppress(psycopg.Error):
-            if self.conn.info.transaction_status == TransactionStatus.INERROR:
-                self.conn.rollback()
-            self.conn.execute("SELECT pg_advisory_unlock(%s::bigint)", [self.key])
-
-    def __enter__(self) -> MigrationLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()

@@ -8,7 +8,8 @@ import gc
 from collections.abc import Iterator, Sequence
 
 from rls_migrate.catalog import Catalog
-from rls_migrate.playbook import Playbook, check_against_catalog
+from rls_migrate.playbook import Playbook
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.stages import PLANNERS
 from rls_migrate.stages.common import PlanContext
 from rls_migrate.stages.prepare import check_roles

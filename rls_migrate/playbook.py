@@ -30,13 +30,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -45,40 +43,46 @@ from pydantic import (
 )
 
 from rls_migrate.catalog import (
-    Catalog,
     QualifiedName,
     parse_column,
     quote_ident,
     split_qualified,
 )
 from rls_migrate.errors import PlaybookError
+from rls_migrate.playbook_options import (
+    BackfillOptions,
+    EnforceOptions,
+    IndexOptions,
+    ObserveOptions,
+    Options,
+    Strict,
+    parse_duration_ms,
+)
+
+# The options live in playbook_options; importers keep importing them from here too.
+__all__ = [
+    "KEY_TYPES",
+    "TODO",
+    "BackfillOptions",
+    "EnforceOptions",
+    "IndexOptions",
+    "ObserveOptions",
+    "Options",
+    "ParentRef",
+    "Playbook",
+    "Roles",
+    "Strict",
+    "TablePlan",
+    "Tenant",
+    "dump_playbook",
+    "load_playbook",
+    "parse_duration_ms",
+    "parse_playbook",
+]
 
 TODO = "TODO"
 KEY_TYPES = ("bigint", "integer", "smallint", "uuid", "text")
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
-_UNITS_MS = {"ms": 1.0, "s": 1000.0, "min": 60000.0, "m": 60000.0, "h": 3600000.0, None: 1.0}
-
-
-def parse_duration_ms(value: Any) -> Any:
-    """``100ms``, ``2s``, ``5min``, or a bare number of milliseconds."""
-    if isinstance(value, bool):
-        return value  # let pydantic reject it
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"expected a duration like 100ms, 2s or 5min, got {value!r}")
-        return float(match.group(1)) * _UNITS_MS[match.group(2)]
-    return value
-
-
-DurationMs = Annotated[float, BeforeValidator(parse_duration_ms), Field(ge=0)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ParentRef(Strict):
@@ -318,97 +322,6 @@ class Roles(Strict):
         return (value,) if isinstance(value, str) else value
 
 
-class BackfillOptions(Strict):
-    batch_target: DurationMs = Field(default=200.0, description="target time per batch")
-    batch_min_rows: int = Field(default=100, ge=1)
-    batch_max_rows: int = Field(default=50_000, ge=1)
-    batch_start_rows: int = Field(default=1_000, ge=1)
-    pause: DurationMs = Field(default=0.0, description="pause between batches")
-    max_replica_lag: DurationMs | None = Field(
-        default=None, description="pause while a replica's replay lag exceeds this")
-    user_triggers: Literal["skip", "fire"] = Field(
-        default="skip",
-        description="skip: user triggers (updated_at...) do not fire for backfill updates "
-                    "(session_replication_role = replica in each batch); fire: they do")
-    orphans: Literal["stop", "skip"] = Field(
-        default="stop", description="rows whose parent is gone: stop, or skip and report")
-
-
-class EnforceOptions(Strict):
-    order: tuple[str, ...] = Field(default=(), description="tables first, in this order")
-    pause_between_tables: DurationMs = 0.0
-    force_rls: bool = Field(default=False, description="FORCE ROW LEVEL SECURITY (owner too)")
-    baseline: Literal["keep", "drop"] = Field(
-        default="drop", description="the permissive USING (true) baseline after enforcement")
-    report_window: DurationMs = Field(
-        default=86_400_000.0, description="the clean-report window the gate checks")
-
-
-class ObserveOptions(Strict):
-    capture_parameters: int = Field(
-        default=1024, ge=0, le=1_048_576,
-        description="bytes of each bound parameter the server logs with a recorded statement "
-                    "(log_parameter_max_length_on_error for the application role; 0: off). "
-                    "On by default: a statement sent with parameters cannot be replayed "
-                    "without them, and the gate refuses what it cannot confirm. The values "
-                    "stay in the server log; report output redacts them")
-    replay_samples: int = Field(
-        default=5, ge=1, le=100,
-        description="distinct parameter sets of a group that report --confirm replays")
-    replay_timeout: DurationMs = Field(
-        default=5_000.0, description="statement_timeout of each replayed statement")
-    replay_writes: Literal["rollback", "never"] = Field(
-        default="rollback",
-        description="rollback: a recorded INSERT/UPDATE/DELETE is replayed in a transaction "
-                    "that is always rolled back (on the primary, under lock_timeout); never: "
-                    "such statements stay unconfirmable")
-    logs: tuple[str, ...] = Field(
-        default=(), description="server log files (globs) report and the enforce gate read "
-                                "for parameters and for records of read-only transactions")
-
-
-class IndexOptions(Strict):
-    concurrency: int = Field(default=1, ge=1, le=8)
-    tenant_index: Literal["auto", "tenant", "tenant_pk"] = "auto"
-    twin_min_scans: int = Field(
-        default=1, ge=0, description="twin an existing index used at least this often")
-    tenant_statistics: bool = Field(
-        default=True,
-        description="CREATE STATISTICS (dependencies) on each link to a tenant parent and the "
-                    "tenant column, then ANALYZE: without them the planner multiplies the "
-                    "policy's selectivity with the link's and misplans legacy joins")
-    tenant_foreign_keys: bool = Field(
-        default=False,
-        description="UNIQUE (tenant, id) on parents and composite foreign keys (tenant, "
-                    "parent_id) -> parent (tenant, id): a child's tenant always equals its "
-                    "parent's")
-    tenant_primary_keys: bool = Field(
-        default=False,
-        description="PRIMARY KEY (tenant, id) on every tenant table, with the foreign keys "
-                    "that reference it re-pointed to the composite key (what Citus needs): "
-                    "built concurrently, swapped in one short transaction")
-    sync_triggers: Literal["keep", "watch", "drop"] = Field(
-        default="keep",
-        description="add-column's sync triggers: keep; watch (count rows that arrive without "
-                    "the tenant); drop (once the watch proves the application writes it)")
-    sync_watch_min: DurationMs = Field(
-        default=3_600_000.0,
-        description="drop refuses before the watch has run this long")
-
-
-class Options(Strict):
-    lock_timeout: DurationMs = Field(default=100.0, description="for every strong lock")
-    statement_timeout: DurationMs = Field(default=0.0, description="0: none (CIC can be long)")
-    ddl_statement_timeout: DurationMs = Field(default=5_000.0)
-    retries: int = Field(default=30, ge=0)
-    backoff_initial: DurationMs = 50.0
-    backoff_max: DurationMs = 5_000.0
-    backfill: BackfillOptions = BackfillOptions()
-    index: IndexOptions = IndexOptions()
-    enforce: EnforceOptions = EnforceOptions()
-    observe: ObserveOptions = ObserveOptions()
-
-
 class Playbook(Strict):
     version: Literal[1] = 1
     dsn_env: str = Field(default="DATABASE_URL", description="environment variable with the DSN")
@@ -444,10 +357,14 @@ class Playbook(Strict):
         # Parsed once: planners look tables up thousands of times on big schemas. Keyed by
         # the tables mapping itself, because model_copy(update={"tables": ...}) copies the
         # private cache along with the model.
-        if self._by_name is None or self._by_name[0] is not self.tables:
-            self._by_name = (self.tables,
-                             {QualifiedName.parse(n): p for n, p in self.tables.items()})
-        return self._by_name[1]
+        # Read from pydantic's private dict directly: ``self._by_name`` goes through
+        # BaseModel.__getattr__, a tenth of planning's time at 1,000 tables.
+        private = self.__pydantic_private__
+        cached = private.get("_by_name") if private is not None else None
+        if cached is None or cached[0] is not self.tables:
+            cached = self._by_name = (
+                self.tables, {QualifiedName.parse(n): p for n, p in self.tables.items()})
+        return cached[1]
 
     def table_plans(self) -> Iterator[tuple[QualifiedName, TablePlan]]:
         yield from self._plans().items()
@@ -643,77 +560,3 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
 def dump_playbook(playbook: Playbook) -> str:
     """Plain YAML of a playbook (``init`` writes its own commented version)."""
     return yaml.safe_dump(playbook.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
-
-
-# ---------------------------------------------------------------------- against the catalog
-
-
-def check_against_catalog(playbook: Playbook, catalog: Catalog, source: str = "playbook") -> None:
-    """Tables, columns and roles the playbook names must exist; TODOs must be decided."""
-    problems: list[str] = []
-    todos = [(name, plan) for name, plan in playbook.tables.items() if plan.strategy == TODO]
-    if todos:
-        # One line per table (and per option): a list a person works through.
-        lines = [f"undecided (TODO) tables: {len(todos)}; decide each one in the playbook:"]
-        for name, plan in todos:
-            lines.append(f"  - {name}: {plan.note or 'decide a strategy'}")
-            lines.extend(f"      option: {option}" for option in plan.options)
-        problems.append("\n  ".join(lines))
-
-    def need_table(name: str, where: str) -> QualifiedName | None:
-        try:
-            qname = QualifiedName.parse(name)
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-            return None
-        if qname not in catalog.tables:
-            hint = catalog.suggest(name)
-            problems.append(f"{where}: no table {qname} in the database"
-                            + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
-            return None
-        return qname
-
-    def need_column(qname: QualifiedName, column: str, where: str) -> None:
-        table = catalog.tables[qname]
-        if table.column(column) is None:
-            import difflib
-            hint = difflib.get_close_matches(column, table.column_names, n=3, cutoff=0.5)
-            problems.append(f"{where}: table {qname} has no column {column!r}"
-                            + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
-
-    root = need_table(playbook.tenant.table, "tenant.table")
-    if root:
-        need_column(root, playbook.tenant.key, "tenant.key")
-    for name, plan in playbook.tables.items():
-        where = f"tables.{name}"
-        qname = need_table(name, where)
-        if qname is None:
-            continue
-        if plan.column and plan.strategy in ("direct", "root"):
-            need_column(qname, plan.column, f"{where}.column")
-        link = plan.link
-        if link is not None:
-            key = "owner" if plan.strategy == "owned" else "parent"
-            for col in link.columns:
-                need_column(qname, col, f"{where}.{key}")
-            parent = need_table(link.table, f"{where}.{key}")
-            if parent:
-                for col in link.ref_columns:
-                    need_column(parent, col, f"{where}.{key}")
-                parent_plan = playbook.plan_for(parent)
-                if parent_plan is None or parent_plan.strategy in ("global", "skip", TODO):
-                    problems.append(
-                        f"{where}.{key}: {parent} is not tenant-scoped in this playbook "
-                        f"(give it strategy root, direct, derive, hint or owned)")
-                elif parent == qname:
-                    problems.append(f"{where}.{key}: a table cannot take its tenant from itself")
-    for role_field in ("app", "owner"):
-        role = getattr(playbook.roles, role_field)
-        if role and role not in catalog.roles:
-            problems.append(f"roles.{role_field}: no role {role!r} in the database")
-    for role in playbook.roles.admin:
-        if role not in catalog.roles:
-            problems.append(f"roles.admin: no role {role!r} in the database")
-    if problems:
-        raise PlaybookError(
-            f"{source} does not match the database:\n  " + "\n  ".join(problems))

@@ -19,8 +19,11 @@ refuses the stage up front; before constrain, a table that is to get NOT NULL an
 rows without a tenant refuses the stage up front: one error with every such table's counts
 and sample keys, nothing executed (instead of a raw 23514 halfway through).
 
-Each table is one scan (reads only) (the chain to the tenant probed by index per row), under
-:data:`STATEMENT_TIMEOUT_MS`: a table that takes longer is reported as not checked.
+Each table is one scan (reads only) (the chain to the tenant probed by index per row); small
+tables are counted together, up to 250 in one statement (:func:`_batches`), each statement
+under :data:`STATEMENT_TIMEOUT_MS`: a table that takes longer is reported as not checked
+(a batch that does is counted again table by table). A table with no page has no row and
+is not scanned. Sample keys are read only for tables that have such rows.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.errors import GateClosed
 from rls_migrate.playbook import Playbook
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import SqlText, compose, sep
 from rls_migrate.stages.common import PlanContext, TenantTable, comparable, regclass_text
 from rls_migrate.steps import Plan
 
 SAMPLE_SIZE = 5
+_KINDS = ("null_keys", "null_links", "orphans")
 STATEMENT_TIMEOUT_MS = 120_000
 """Per table. A preflight that cannot finish in this time reports the table as unchecked."""
+EMPTY_LOCK_TIMEOUT_MS = 1_000
+"""How long the check for empty tables waits for a table's lock (see :func:`_empty_now`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +85,7 @@ def _key_text(entry: TenantTable, alias: str) -> sql.Composable:
     keys = entry.table.primary_key
     if not keys:
         return compose("{}.ctid::text", sql.Identifier(alias))
-    return compose("concat_ws(',', {})", sql.SQL(", ").join(
+    return compose("concat_ws(',', {})", sep(", ").join(
         compose("{}::text", sql.Identifier(alias, k)) for k in keys))
 
 
@@ -105,7 +111,7 @@ def _resolved(ctx: PlanContext, entry: TenantTable, depth: int,
         match.append(compose("{} = {}", sql.Identifier(palias, ref_col), child))
     via = compose("(SELECT {} FROM {} AS {} WHERE {} LIMIT 1)",
                   _resolved(ctx, parent, depth + 1, column_exists), parent.ident,
-                  sql.Identifier(palias), sql.SQL(" AND ").join(match))
+                  sql.Identifier(palias), sep(" AND ").join(match))
     if entry.qname in column_exists:
         return compose("COALESCE({}, {})", own, via)
     return via
@@ -114,34 +120,35 @@ def _resolved(ctx: PlanContext, entry: TenantTable, depth: int,
 def _link_null(entry: TenantTable, alias: str) -> sql.Composable:
     if entry.parent is None or entry.owned or entry.strategy in ("direct", "root"):
         return sql.SQL("false")
-    return sql.SQL(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
+    return sep(" OR ").join(compose("{} IS NULL", sql.Identifier(alias, c))
                                 for c in entry.parent.columns)
 
 
-def table_queries(ctx: PlanContext, entry: TenantTable,
-                  column_exists: frozenset[QualifiedName]) -> dict[str, sql.Composed]:
-    """The counting query (null keys, null links, orphans) and one sample query per kind."""
-    t = entry.ident
-    a0 = sql.Identifier("a0")
+def _kinds(entry: TenantTable) -> tuple[str, ...]:
+    """The kinds of rows without a tenant ``entry`` can have (see :func:`_conditions`)."""
+    return ("null_keys",) if entry.strategy in ("direct", "root") else _KINDS
+
+
+def _conditions(ctx: PlanContext, entry: TenantTable,
+                column_exists: frozenset[QualifiedName]) -> dict[str, sql.Composable]:
+    """Per kind of row without a tenant (null keys; for a derived table also null links
+    and orphans), the condition that finds it in ``entry`` (as ``a0``)."""
     own = sql.Identifier("a0", entry.column)
-    has_column = entry.qname in column_exists
+    null_key = compose("{} IS NULL", own) if entry.qname in column_exists else sql.SQL("false")
+    if entry.strategy in ("direct", "root"):
+        return {"null_keys": null_key}
     resolved = _resolved(ctx, entry, 0, column_exists)
     link_null = _link_null(entry, "a0")
-    null_key = compose("{} IS NULL", own) if has_column else sql.SQL("false")
-    conditions = {
+    return {
         "null_keys": null_key,
         "null_links": compose("({}) AND {} IS NULL", link_null, resolved),
         "orphans": compose("NOT ({}) AND {} IS NULL", link_null, resolved),
     }
-    if entry.strategy in ("direct", "root"):
-        conditions = {"null_keys": null_key}
-    counts = compose("SELECT {} FROM {} AS {}", sql.SQL(", ").join(
-        compose("count(*) FILTER (WHERE {})", cond) for cond in conditions.values()), t, a0)
-    out = {"count": counts}
-    for kind, cond in conditions.items():
-        out[kind] = compose("SELECT {} FROM {} AS {} WHERE {} LIMIT {}", _key_text(entry, "a0"),
-                            t, a0, cond, sql.Literal(SAMPLE_SIZE))
-    return out
+
+
+def _sample_query(entry: TenantTable, condition: sql.Composable) -> sql.Composed:
+    return compose("SELECT {} FROM {} AS {} WHERE {} LIMIT {}", _key_text(entry, "a0"),
+                   entry.ident, sql.Identifier("a0"), condition, sql.Literal(SAMPLE_SIZE))
 
 
 def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
@@ -156,6 +163,35 @@ def _columns_present(conn: psycopg.Connection[Any], ctx: PlanContext
         " WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
         " AND a.attname = w.col AND NOT a.attisdropped)",
         [[regclass_text(e.qname) for e in entries], [e.column for e in entries]]).fetchall()
+    return frozenset(entries[int(r[0]) - 1].qname for r in rows)
+
+
+def _empty_now(conn: psycopg.Connection[Any], entries: list[TenantTable]
+               ) -> frozenset[QualifiedName]:
+    """Tables that have no rows now, known without reading them: a heap table whose main
+    fork has no page holds no row (a row cannot exist without a page; an uncommitted insert
+    has extended the file already), in one query. Partitioned tables, tables with
+    inheritance children and other access methods are not judged here: they are counted.
+
+    Reading a table's size takes its ACCESS SHARE lock: a table locked by another session
+    (a migration's ACCESS EXCLUSIVE) would hold the whole query up, so it waits at most
+    :data:`EMPTY_LOCK_TIMEOUT_MS`, and then no table is judged empty (all are counted,
+    each under the statement timeout, as without this check)."""
+    if not entries:
+        return frozenset()
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                         [str(EMPTY_LOCK_TIMEOUT_MS)])
+            rows = conn.execute(
+                "SELECT w.i FROM unnest(%s::text[]) WITH ORDINALITY AS w(rel, i)"
+                " JOIN pg_class c ON c.oid = to_regclass(w.rel)"
+                " JOIN pg_am am ON am.oid = c.relam"
+                " WHERE c.relkind = 'r' AND am.amname = 'heap' AND NOT c.relhassubclass"
+                " AND pg_relation_size(c.oid) = 0",
+                [[regclass_text(e.qname) for e in entries]]).fetchall()
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+        return frozenset()
     return frozenset(entries[int(r[0]) - 1].qname for r in rows)
 
 
@@ -221,41 +257,131 @@ def _under_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
         yield
 
 
+BATCH_TABLES = 250
+"""At most this many tables counted by one statement."""
+BATCH_BYTES = 64 << 20
+"""At most this much data (the catalog's size of table, indexes and TOAST) counted by one
+statement; a table larger than :data:`ALONE_BYTES` gets a statement of its own."""
+ALONE_BYTES = 8 << 20
+
+
+def _batches(entries: list[TenantTable]) -> list[list[TenantTable]]:
+    """Small tables together (a statement that counts 250 tables instead of 250 round
+    trips: a schema of 1,000 mostly empty tables is counted in four), large ones alone, so
+    a batch stays far below :data:`STATEMENT_TIMEOUT_MS` (a batch that does not is retried
+    table by table)."""
+    out: list[list[TenantTable]] = []
+    batch: list[TenantTable] = []
+    size = 0
+    for entry in entries:
+        bytes_ = entry.table.size_bytes
+        if bytes_ > ALONE_BYTES:
+            out.append([entry])
+            continue
+        if batch and (len(batch) >= BATCH_TABLES or size + bytes_ > BATCH_BYTES):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(entry)
+        size += bytes_
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _count_batch(conn: psycopg.Connection[Any], batch: list[TenantTable],
+                 conditions: dict[QualifiedName, dict[str, sql.Composable]],
+                 text: SqlText) -> dict[QualifiedName, dict[str, int]]:
+    """The counts of every table of ``batch``, in one statement (``UNION ALL`` of one
+    aggregate per table; a direct table's missing kinds are NULL). Rendered with
+    :class:`SqlText` (each identifier quoted once): psycopg's own rendering of 250 tables'
+    chains took longer than the server's counting."""
+    selects = []
+    for i, entry in enumerate(batch):
+        columns: list[sql.Composable] = [compose("count(*) FILTER (WHERE {})", condition)
+                   for condition in conditions[entry.qname].values()]
+        columns += [sql.SQL("NULL::bigint")] * (len(_KINDS) - len(columns))
+        selects.append(compose("SELECT {}, {} FROM {} AS {}", sql.Literal(i),
+                               sep(", ").join(columns), entry.ident, sql.Identifier("a0")))
+    with _under_timeout(conn):
+        query = text(sep(" UNION ALL ").join(selects)).encode(conn.info.encoding)
+        rows = conn.execute(query).fetchall()
+    out = {}
+    for row in rows:
+        entry = batch[int(row[0])]
+        out[entry.qname] = {kind: int(n) for kind, n in
+                            zip(conditions[entry.qname], row[1:], strict=False)}
+    return out
+
+
 def _findings(conn: psycopg.Connection[Any], ctx: PlanContext,
               tables: frozenset[QualifiedName] | None) -> list[TableFindings]:
     present = _columns_present(conn, ctx)
     conflicts = sync_conflicts(conn)
-    findings = []
+    bases: dict[QualifiedName, TableFindings] = {}
+    checked: list[TenantTable] = []
     for entry in ctx.tenant_tables:
         if tables is not None and entry.qname not in tables:
             continue
-        base = TableFindings(
+        bases[entry.qname] = base = TableFindings(
             entry.qname, entry.column, entry.strategy,
             entry.parent.qname if entry.parent else None,
             entry.parent.columns if entry.parent else (),
             sync_conflicts=conflicts.get(str(entry.qname), (0, ()))[0],
             sync_conflict_sample=conflicts.get(str(entry.qname), (0, ()))[1])
         if entry.strategy in ("direct", "root") and entry.qname not in present:
-            findings.append(dataclasses.replace(base, unchecked="its tenant column is missing"))
+            bases[entry.qname] = dataclasses.replace(
+                base, unchecked="its tenant column is missing")
             continue
-        queries = table_queries(ctx, entry, present)
+        checked.append(entry)
+    counted: dict[QualifiedName, dict[str, int]] = {}
+    timed_out = f"not checked: longer than {STATEMENT_TIMEOUT_MS / 1000:g} s"
+    empty = _empty_now(conn, checked)
+    conditions: dict[QualifiedName, dict[str, sql.Composable]] = {}
+    for entry in checked:
+        if entry.qname in empty:
+            counted[entry.qname] = dict.fromkeys(_kinds(entry), 0)
+        else:
+            conditions[entry.qname] = _conditions(ctx, entry, present)
+    checked = [e for e in checked if e.qname not in empty]
+    text = SqlText(conn)
+    for batch in _batches(checked):
+        try:
+            counted.update(_count_batch(conn, batch, conditions, text))
+        except psycopg.errors.QueryCanceled:
+            if len(batch) == 1:
+                bases[batch[0].qname] = dataclasses.replace(bases[batch[0].qname],
+                                                            unchecked=timed_out)
+                continue
+            # Each table again on its own, under its own timeout: only the slow ones are
+            # reported unchecked.
+            for entry in batch:
+                try:
+                    counted.update(_count_batch(conn, [entry], conditions, text))
+                except psycopg.errors.QueryCanceled:
+                    bases[entry.qname] = dataclasses.replace(bases[entry.qname],
+                                                             unchecked=timed_out)
+    findings = []
+    for qname, base in bases.items():
+        counts = counted.get(qname)
+        if counts is None:
+            findings.append(base)
+            continue
+        table = ctx.tenant_table(qname)
+        assert table is not None
+        values: dict[str, Any] = {}
         try:
             with _under_timeout(conn):
-                counts = conn.execute(queries["count"]).fetchone()
-                assert counts is not None
-                values: dict[str, Any] = {}
-                for kind, count in zip((k for k in queries if k != "count"), counts,
-                                       strict=True):
-                    values[kind] = int(count)
+                for kind, count in counts.items():
+                    values[kind] = count
                     sample: tuple[str, ...] = ()
                     if count:
-                        sample = tuple(str(r[0]) for r in conn.execute(queries[kind]))
+                        sample = tuple(str(r[0]) for r in conn.execute(
+                            _sample_query(table, conditions[qname][kind])))
                     values[f"{kind[:-1]}_sample"] = sample
         except psycopg.errors.QueryCanceled:
-            findings.append(dataclasses.replace(
-                base, unchecked=f"not checked: longer than {STATEMENT_TIMEOUT_MS / 1000:g} s"))
+            findings.append(dataclasses.replace(base, unchecked=timed_out))
             continue
-        if entry.qname not in present:
+        if qname not in present:
             values.pop("null_keys", None)
             values.pop("null_key_sample", None)
         findings.append(dataclasses.replace(base, **values))

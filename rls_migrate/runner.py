@@ -19,12 +19,14 @@ from rls_migrate import journal as journal_mod
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import GateClosed, PrerequisiteError, StepFailed, UsageError
-from rls_migrate.executor import Executor, StageResult, StepOutcome, _now
+from rls_migrate.executor import Executor
 from rls_migrate.gate import enforce_gate
+from rls_migrate.migration_lock import MigrationLock
+from rls_migrate.outcomes import StageResult, StepOutcome, now
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook
 from rls_migrate.progress import ProgressHook
-from rls_migrate.stages.backfill import run_backfill
+from rls_migrate.stages.backfill_runner import run_backfill
 from rls_migrate.stages.common import PlanContext, regclass_text
 from rls_migrate.stages.prepare import check_roles
 from rls_migrate.steps import LOCKS_BY_LABEL, STAGES, Lock, Plan, StagePlan, Step
@@ -44,7 +46,7 @@ def _backfill_handler(executor: Executor, step: Step) -> StepOutcome:
     """Batches, checkpoints and retries are :func:`run_backfill`'s; this maps its result to
     the step's outcome. A table finished by an earlier run (its rows left empty on purpose:
     orphans skipped) is inspected again, filled where rows went missing, else skipped."""
-    started = _now()
+    started = now()
 
     def progress(table: Any, rows: int, total: int) -> None:
         if executor.progress is not None:
@@ -72,7 +74,7 @@ def _backfill_handler(executor: Executor, step: Step) -> StepOutcome:
 
 @Executor.register("upgrade_schema")
 def _schema_handler(executor: Executor, step: Step) -> StepOutcome:
-    started = _now()
+    started = now()
     journal_mod.upgrade_schema(executor.conn)
     return StepOutcome.finish(step, "done", started=started,
                               details={"revision": journal_mod.head_revision()})
@@ -178,11 +180,11 @@ def apply_stage(
             created_schema = revision_before != journal_mod.schema_revision(conn)
         if dry_run and journal_mod.schema_revision(conn) is None:
             return ApplyResult(stage, StageResult(stage, tuple(
-                StepOutcome.finish(s, "would-run", started=_now()) for s in plan.stage(stage)),
+                StepOutcome.finish(s, "would-run", started=now()) for s in plan.stage(stage)),
                 True), plan.stage(stage))
         journal = journal_mod.Journal(conn)
         notes = _require_previous(conn, journal, plan, stage)
-        with journal_mod.MigrationLock(conn, command=f"apply {stage}"):
+        with MigrationLock(conn, command=f"apply {stage}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             # The gate first: a refused stage leaves no half-open run in the journal.
             gate = GATES.get(stage)
@@ -250,7 +252,7 @@ def rollback_to(
             raise GateClosed("nothing to roll back: the rls_migrate schema does not exist")
         _, plan = _plan(conn, playbook, source)
         journal = journal_mod.Journal(conn)
-        with journal_mod.MigrationLock(conn, command=f"rollback {target}"):
+        with MigrationLock(conn, command=f"rollback {target}"):
             executor = Executor(conn, playbook.options, journal, progress=progress)
             unplanned, left = _journaled_not_planned(journal, plan, undo)
             if left:
@@ -294,7 +296,7 @@ def drop_toolkit_schema(conn: psycopg.Connection[Any], lock_timeout_ms: float) -
     a toolkit function, so dropping it would change the application's tables. The journal
     is the record of what happened: this is for after ``rollback --to none``, when nobody
     needs it any more."""
-    started = _now()
+    started = now()
     cascaded: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:

@@ -143,7 +143,7 @@ def test_the_runner_still_stops_on_orphans_the_preflight_did_not_see(sample_db: 
     from rls_migrate.executor import Executor
     from rls_migrate.journal import Journal
     from rls_migrate.planner import build_plan
-    from rls_migrate.stages.backfill import run_backfill
+    from rls_migrate.stages.backfill_runner import run_backfill
 
     playbook = sample_playbook(sample_db, orphans="stop")
     for stage in ("prepare", "add-column"):

@@ -19,7 +19,7 @@ from rls_migrate.journal import Journal
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook, parse_playbook
 from rls_migrate.runner import apply_stage
-from rls_migrate.stages.backfill import _batch_end, _dense, run_backfill
+from rls_migrate.stages.backfill_runner import _batch_end, _dense, run_backfill
 from rls_migrate.steps import Step
 
 APP_ROLE = "rlsm_keys_app"

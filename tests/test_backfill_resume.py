@@ -30,11 +30,12 @@ from test_backfill_load import app_dsn, db_at, playbook_for, wrong_tenants
 from rls_migrate.catalog import Catalog
 from rls_migrate.errors import StepFailed
 from rls_migrate.executor import Executor
-from rls_migrate.journal import Journal, load_checkpoint, lock_holder
+from rls_migrate.journal import Journal, load_checkpoint
+from rls_migrate.migration_lock import lock_holder
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import Playbook, dump_playbook
 from rls_migrate.runner import apply_stage
-from rls_migrate.stages.backfill import BackfillResult, run_backfill
+from rls_migrate.stages.backfill_runner import BackfillResult, run_backfill
 from rls_migrate.steps import Step
 
 __all__ = ["db_at"]  # the fixture, shared with the load tests

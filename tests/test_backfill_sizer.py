@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rls_migrate.playbook import BackfillOptions, Options
-from rls_migrate.stages.backfill import _Sizer
+from rls_migrate.stages.backfill_runner import _Sizer
 
 
 def _options(**backfill: object) -> Options:

@@ -16,7 +16,8 @@ from rls_migrate.discover import TenantGraph, discover
 from rls_migrate.errors import PlaybookError
 from rls_migrate.init import build_playbook_yaml
 from rls_migrate.linkcounts import count_links
-from rls_migrate.playbook import check_against_catalog, parse_playbook
+from rls_migrate.playbook import parse_playbook
+from rls_migrate.playbook_check import check_against_catalog
 
 SCHEMA = """
 CREATE TABLE "OrganisationClaim" (id text PRIMARY KEY, flags jsonb);

@@ -21,9 +21,10 @@ from psycopg import sql
 from rls_migrate import journal as jr
 from rls_migrate import logs
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.errors import StepFailed
-from rls_migrate.executor import Executor, Interrupted, StepOutcome
+from rls_migrate.errors import Interrupted, StepFailed
+from rls_migrate.executor import Executor
 from rls_migrate.lockholders import lock_holders
+from rls_migrate.outcomes import StepOutcome
 from rls_migrate.playbook import Options
 from rls_migrate.progress import RichProgress, make_progress
 from rls_migrate.stages.index.build_watcher import drop_invalid_index

@@ -20,7 +20,8 @@ from rls_migrate.catalog import Catalog, QualifiedName, Role
 from rls_migrate.discover import discover
 from rls_migrate.errors import PlaybookError, UsageError
 from rls_migrate.init import build_playbook_yaml, guess_app_role, write_playbook
-from rls_migrate.playbook import Playbook, check_against_catalog, parse_playbook
+from rls_migrate.playbook import Playbook, parse_playbook
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.testing import servers
 
 AUDIT_HINT = "issue_id -> public.issues(id)"

@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from rls_migrate import journal as jr
+from rls_migrate import migration_lock as ml
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import ConcurrentRunner
 from rls_migrate.steps import Step
@@ -341,39 +342,39 @@ def test_anomalies_are_upserted(conn: psycopg.Connection[Any]) -> None:
 def test_a_second_runner_is_refused_with_the_first_ones_name(db: str) -> None:
     with connect(db) as first, connect(db) as second:
         first_pid = first.info.backend_pid
-        with jr.MigrationLock(first, command="apply"):
+        with ml.MigrationLock(first, command="apply"):
             with pytest.raises(ConcurrentRunner) as caught:
-                jr.MigrationLock(second, command="rollback").acquire()
+                ml.MigrationLock(second, command="rollback").acquire()
             message = str(caught.value)
             assert f"pid {first_pid}" in message
             assert f"rls-migrate apply pid={os.getpid()}" in message
             assert f"pg_terminate_backend({first_pid})" in message
             assert caught.value.exit_code == 6
         # Released on exit: the second runner gets it now.
-        with jr.MigrationLock(second, command="rollback") as lock:
+        with ml.MigrationLock(second, command="rollback") as lock:
             assert lock.held
         name = second.execute("SHOW application_name").fetchone()
-        assert name == (jr.runner_name("rollback"),)
+        assert name == (ml.runner_name("rollback"),)
 
 
 def test_the_lock_dies_with_the_runners_session(db: str) -> None:
     first = connect(db)
-    lock = jr.MigrationLock(first, command="apply")
+    lock = ml.MigrationLock(first, command="apply")
     lock.acquire()
     with connect(db) as other:
         with pytest.raises(ConcurrentRunner):
-            jr.MigrationLock(other).acquire()
+            ml.MigrationLock(other).acquire()
         # What a kill -9 of the runner amounts to for the server: the session ends.
         other.execute("SELECT pg_terminate_backend(%s)", [first.info.backend_pid])
         other.execute("SELECT pg_sleep(0.1)")
-        with jr.MigrationLock(other):
+        with ml.MigrationLock(other):
             pass
     lock.release()  # on a dead session: nothing to do, no error
     first.close()
 
 
 def test_lock_keys_are_stable() -> None:
-    assert jr.MIGRATION_LOCK_KEY == jr._lock_key("rls_migrate")
-    assert jr.MIGRATION_LOCK_KEY != jr.SCHEMA_UPGRADE_LOCK_KEY
-    assert -(2**63) <= jr.MIGRATION_LOCK_KEY < 2**63
-    assert len(jr.runner_name("x" * 100).encode()) <= 63
+    assert ml.MIGRATION_LOCK_KEY == ml._lock_key("rls_migrate")
+    assert ml.MIGRATION_LOCK_KEY != ml.SCHEMA_UPGRADE_LOCK_KEY
+    assert -(2**63) <= ml.MIGRATION_LOCK_KEY < 2**63
+    assert len(ml.runner_name("x" * 100).encode()) <= 63

@@ -5,15 +5,18 @@ executed; per-table orphans and nullable."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 from shapes_helpers import PLAYBOOK, load, playbook, scalar
 
-from rls_migrate.catalog import Catalog
+from rls_migrate import preflight
+from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.cli import cli
 from rls_migrate.errors import GateClosed
 from rls_migrate.planner import build_plan
@@ -128,6 +131,48 @@ def test_findings_follow_the_data_after_the_backfill(db: str) -> None:
     assert (envelope.null_keys, envelope.null_links, envelope.orphans) == (0, 0, 0)
     issues = found["public.issues"]
     assert (issues.null_keys, issues.null_links, issues.orphans) == (3, 2, 1)
+
+
+def test_a_table_over_the_timeout_is_unchecked_and_the_rest_of_its_batch_counted(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tables are counted together in one statement; one that cannot be read in time
+    # (here: locked by another session, so deterministic) times the batch out, and each
+    # table is counted again on its own: only that one is reported unchecked.
+    pb = playbook(strict_playbook())
+    with psycopg.connect(db, autocommit=True) as conn:
+        ctx = PlanContext(Catalog.load(conn), pb)
+        before = {str(f.table): f for f in run_preflight(conn, ctx)}
+        monkeypatch.setattr(preflight, "STATEMENT_TIMEOUT_MS", 200)
+        with psycopg.connect(db) as locker:
+            locker.execute('LOCK TABLE "AuditLog" IN ACCESS EXCLUSIVE MODE')
+            after = {str(f.table): f for f in run_preflight(conn, ctx)}
+            locker.rollback()
+        restored = conn.execute("SHOW statement_timeout").fetchone()
+    assert restored == ("0",)  # the session's own setting is back
+    locked = 'public."AuditLog"'
+    assert after[locked].unchecked == "not checked: longer than 0.2 s"
+    assert before[locked].unchecked is None and before[locked].null_links == 40
+    assert {t: f for t, f in after.items() if t != locked} == \
+        {t: f for t, f in before.items() if t != locked}
+    assert before["public.issues"].orphans == 1
+
+
+def test_tables_judged_empty_without_a_scan_are_exactly_those_without_rows(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "EmptyNow" (id int)')
+        conn.execute('CREATE TABLE "EmptiedNow" (id int)')
+        conn.execute('INSERT INTO "EmptiedNow" SELECT 1')
+        conn.execute('DELETE FROM "EmptiedNow"')  # its page remains: counted, found empty
+        catalog = Catalog.load(conn)
+        entries = list(PlanContext(catalog, playbook()).tenant_tables)
+        extra = [dataclasses.replace(entries[0], qname=q, table=catalog.tables[q])
+                 for q in (QualifiedName("public", "EmptyNow"),
+                           QualifiedName("public", "EmptiedNow"))]
+        judged = preflight._empty_now(conn, [*extra, *entries])
+        really = {e.qname for e in [*extra, *entries] if conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(e.ident)).fetchone() == (True,)}
+    assert QualifiedName("public", "EmptyNow") in judged and judged <= really
+    assert QualifiedName("public", "EmptiedNow") not in judged
 
 
 def test_cli_plan_shows_the_preflight_and_can_skip_it(db: str) -> None:

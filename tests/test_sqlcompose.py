@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import SqlText, as_text, compose, sep
 
 CASES = [
     ("ALTER TABLE {} ADD COLUMN {} bigint", (sql.Identifier("public", "t"), sql.Identifier("c")), {}),
@@ -24,6 +24,33 @@ def test_same_as_psycopg_format(template: str, args: tuple[sql.Composable, ...],
     expected = sql.SQL(template).format(*args, **kwargs)
     got = compose(template, *args, **kwargs)
     assert got.as_string(None) == expected.as_string(None)
+
+
+def test_same_parts_as_psycopg_format() -> None:
+    # Built without psycopg's per-part check, but the same tree: what iterates a Composed
+    # (SQL.join over it, for_params) sees the same parts.
+    args = (sql.Identifier("a"), sql.SQL("x"), sql.Literal(2))
+    got, expected = compose("{} {} {}!", *args), sql.SQL("{} {} {}!").format(*args)
+    assert type(got) is sql.Composed and list(got) == list(expected)
+
+
+@pytest.mark.parametrize("parts", [[], [sql.Identifier("a")],
+                                   [sql.Identifier("a"), sql.Literal("b"), sql.SQL("c")]])
+def test_sep_join_is_sql_join(parts: list[sql.Composable]) -> None:
+    got, expected = sep(" AND ").join(iter(parts)), sql.SQL(" AND ").join(parts)
+    assert list(got) == list(expected)
+    assert got.as_string(None) == expected.as_string(None)
+
+
+def test_sql_text_renders_what_as_string_renders() -> None:
+    # Equal values of different types (1, True, 1.0) must not share a cached rendering;
+    # unhashable values go by their repr.
+    statement = compose("SELECT {}, {}, {}, {}, {}, {} FROM {}", sql.Literal(1),
+                        sql.Literal(True), sql.Literal(1.0), sql.Literal([1, 2]),
+                        sql.Literal("it's"), sql.Literal(1), sql.Identifier("s", "Odd \"N\""))
+    text = SqlText()
+    assert text(statement) == text(statement) == statement.as_string(None)
+    assert as_text(statement) == statement.as_string(None)
 
 
 def test_rejects_format_specs() -> None:

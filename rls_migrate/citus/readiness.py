@@ -23,7 +23,8 @@ from typing import Any
 import psycopg
 
 from rls_migrate.catalog import Catalog, ForeignKey, QualifiedName, Table
-from rls_migrate.playbook import Playbook, check_against_catalog
+from rls_migrate.playbook import Playbook
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.stages import tenant_key_shapes as key_shapes
 from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.sync_retire import PROBE_PREFIX, watch_readings_sql

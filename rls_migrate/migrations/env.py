@@ -28,11 +28,11 @@ from sqlalchemy.engine import Connection
 
 from rls_migrate.journal import (
     SCHEMA,
-    SCHEMA_UPGRADE_LOCK_KEY,
     VERSION_TABLE,
     make_engine,
     resolve_schema_dsn,
 )
+from rls_migrate.migration_lock import SCHEMA_UPGRADE_LOCK_KEY
 
 config = context.config
 

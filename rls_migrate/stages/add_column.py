@@ -21,6 +21,7 @@ from rls_migrate.stages.common import (
     trigger_exists_check,
 )
 from rls_migrate.stages.sync_trigger import (
+    body_text,
     create_function,
     function_current_check,
     owner_function_body,
@@ -110,7 +111,7 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
     assert entry.parent is not None
     ident = entry.ident
     fn = function_name("sync", entry.qname)
-    body = sync_function_body(ctx, entry)
+    body = body_text(sync_function_body(ctx, entry))
     trigger = sync_trigger_name(entry)
     source = (f"the row of {entry.parent.qname} that points at it, else the writer's tenant"
               if entry.owned else f"{entry.parent.qname}")
@@ -157,7 +158,7 @@ def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
     assert entry.parent is not None
     owner = entry.parent.qname
     fn = function_name("owns", entry.qname)
-    body = owner_function_body(ctx, entry)
+    body = body_text(owner_function_body(ctx, entry))
     trigger = owner_trigger_name(entry)
     owner_tenant = ctx.playbook.tenant_column(owner) or ctx.playbook.tenant.column
     watched = tuple(dict.fromkeys((*entry.parent.ref_columns, owner_tenant)))

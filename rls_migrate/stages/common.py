@@ -7,14 +7,14 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Sequence
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from psycopg import sql
 
 from rls_migrate.catalog import Catalog, Column, Index, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
 
@@ -155,7 +155,13 @@ class PlanContext:
     def key_type(self) -> str:
         return self.playbook.tenant.key_type
 
-    @property
+    @functools.cached_property
+    def memo(self) -> dict[tuple[object, ...], Any]:
+        """What stages build alike from this context, built once (observe and enforce
+        install the same recorder functions)."""
+        return {}
+
+    @functools.cached_property
     def root(self) -> QualifiedName:
         return self.playbook.tenant.qname
 
@@ -193,7 +199,7 @@ class PlanContext:
         subdomain or a URL is global by design)."""
         if entry.strategy == "root":
             return []
-        tenant = {e.qname for e in self.tenant_tables}
+        tenant = self._tenant_tables_by_name
         links = [fk.columns for fk in entry.table.foreign_keys
                  if fk.ref_table in tenant or self._top(fk.ref_table) in tenant]
         return global_uniques(entry.table, entry.column, links)
@@ -211,6 +217,10 @@ class PlanContext:
         return current_tenant_sql(self.playbook.tenant.setting, self.key_type)
 
     def key_column_type(self) -> str:
+        return self._key_column_type
+
+    @functools.cached_property
+    def _key_column_type(self) -> str:
         root = self.catalog.tables.get(self.root)
         col = root.column(self.playbook.tenant.key) if root else None
         return col.type if col else self.key_type
@@ -338,6 +348,7 @@ def _parents_first(entries: dict[QualifiedName, TenantTable]) -> list[TenantTabl
     return ordered
 
 
+@functools.lru_cache(maxsize=65536)
 def object_name(prefix: str, qname: QualifiedName, suffix: str = "") -> str:
     """A deterministic name that fits PostgreSQL's 63 bytes, e.g. ``comments_tenant_idx``.
 
@@ -366,6 +377,7 @@ def _digest(text: str, size: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:size]
 
 
+@functools.lru_cache(maxsize=65536)
 def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
     """A toolkit function for one table, in the ``rls_migrate`` schema."""
     return sql.Identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", qname))
@@ -373,8 +385,8 @@ def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
 
 def columns_sql(columns: Sequence[str], alias: str | None = None) -> sql.Composed:
     if alias:
-        return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
-    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        return sep(", ").join(sql.Identifier(alias, c) for c in columns)
+    return sep(", ").join(sql.Identifier(c) for c in columns)
 
 
 def exists_sql(query: sql.Composable) -> sql.Composed:
@@ -386,6 +398,7 @@ def regclass_literal(qname: QualifiedName) -> sql.Composed:
     return compose("{}::regclass", sql.Literal(regclass_text(qname)))
 
 
+@functools.lru_cache(maxsize=65536)
 def regclass_text(qname: QualifiedName) -> str:
     """The quoted ``"schema"."table"`` text that ``::regclass`` accepts for any name."""
 
@@ -465,4 +478,4 @@ def parent_match(entry: TenantTable, child: str,
         else:
             parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
                                  sql.SQL(theirs)))
-    return sql.SQL(" AND ").join(parts)
+    return sep(" AND ").join(parts)

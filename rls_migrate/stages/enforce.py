@@ -30,8 +30,9 @@ from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
-from rls_migrate.executor import Executor, StepOutcome
-from rls_migrate.sqlcompose import compose
+from rls_migrate.executor import Executor
+from rls_migrate.outcomes import StepOutcome
+from rls_migrate.sqlcompose import as_text, compose, sep
 from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
@@ -142,7 +143,7 @@ def enforced_check(plan: TableEnforcement) -> sql.Composed:
         parts.append(compose(
             "EXISTS (SELECT 1 FROM pg_class WHERE oid = {} AND relforcerowsecurity)",
             regclass_literal(entry.qname)))
-    return compose("SELECT {}", sql.SQL(" AND ").join(parts))
+    return compose("SELECT {}", sep(" AND ").join(parts))
 
 
 def _require_bypassrls(admins: tuple[str, ...]) -> sql.Composed:
@@ -159,7 +160,7 @@ def _require_bypassrls(admins: tuple[str, ...]) -> sql.Composed:
         " admin_mode: policy', missing;\n"
         "  END IF;\n"
         "END", sql.Literal(list(admins)))
-    return compose("DO {}", sql.Literal(body.as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(body)))
 
 
 def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
@@ -195,7 +196,7 @@ def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
                                baseline, ident))
         parts.append(f"baseline USING (true) narrowed to {roles.app}'s tenant")
     if plan.admin_policy:
-        admins = sql.SQL(", ").join(sql.Identifier(r) for r in roles.admin)
+        admins = sep(", ").join(sql.Identifier(r) for r in roles.admin)
         statements += [
             compose("DROP POLICY IF EXISTS {} ON {}", admin, ident),
             compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true)"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     PlanContext,
@@ -98,27 +98,27 @@ def plan(ctx: PlanContext) -> StagePlan:
         notes += _notes(entry, enables)
         statements: list[sql.Composable] = install_recorders(ctx, entry)
         statements += [
-            sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(tenant_policy, ident),
-            sql.SQL("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({}) WITH CHECK ({})"
-                    ).format(tenant_policy, ident, app,
-                             observe_expression(ctx, entry, "read"),
-                             observe_expression(ctx, entry, "write")),
+            compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
+            compose("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({})"
+                    " WITH CHECK ({})", tenant_policy, ident, app,
+                    observe_expression(ctx, entry, "read"),
+                    observe_expression(ctx, entry, "write")),
             *drop_legacy_recorders(ctx, entry),
         ]
         inverse: list[sql.Composable] = []
         if enables:
             statements += [
-                sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(baseline_policy, ident),
-                sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO PUBLIC USING (true)"
-                        " WITH CHECK (true)").format(baseline_policy, ident),
-                sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident),
+                compose("DROP POLICY IF EXISTS {} ON {}", baseline_policy, ident),
+                compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO PUBLIC USING (true)"
+                        " WITH CHECK (true)", baseline_policy, ident),
+                compose("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", ident),
             ]
-            inverse.append(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(ident))
+            inverse.append(compose("ALTER TABLE {} DISABLE ROW LEVEL SECURITY", ident))
         inverse += [
-            sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(tenant_policy, ident),
-            sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(baseline_policy, ident),
-            *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(
-                recorder_signature(ctx, entry, operation)) for operation in OPERATIONS),
+            compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
+            compose("DROP POLICY IF EXISTS {} ON {}", baseline_policy, ident),
+            *(compose("DROP FUNCTION IF EXISTS {}", recorder_signature(ctx, entry, operation))
+              for operation in OPERATIONS),
         ]
         steps.append(Step(
             id=f"observe:{entry.qname}",
@@ -130,10 +130,10 @@ def plan(ctx: PlanContext) -> StagePlan:
                            if enables else " beside the table's own policies"),
             statements=tuple(statements),
             lock=Lock.ACCESS_EXCLUSIVE,
-            done_check=exists_sql(sql.SQL(
+            done_check=exists_sql(compose(
                 "SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid"
-                " WHERE c.oid = {} AND c.relrowsecurity AND p.polname = {}").format(
-                    regclass_literal(entry.qname), sql.Literal(TENANT_POLICY))),
+                " WHERE c.oid = {} AND c.relrowsecurity AND p.polname = {}",
+                regclass_literal(entry.qname), sql.Literal(TENANT_POLICY))),
             inverse=tuple(inverse),
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             estimate=Estimate(seconds=0.01),
@@ -153,7 +153,7 @@ def _role_setting(role: str, value: int | None) -> sql.Composed:
         body = compose("BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET {} = %s', {},"
                        " current_database(), {}); END", sql.SQL(PARAMETER_SETTING),
                        sql.Literal(role), sql.Literal(value))
-    return compose("DO {}", sql.Literal(body.as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(body)))
 
 
 def _capture_parameters(ctx: PlanContext) -> Step | None:

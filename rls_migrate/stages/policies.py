@@ -52,7 +52,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -218,6 +218,17 @@ def _session_capture(ctx: PlanContext) -> sql.Composable:
 
 
 def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
+    """:func:`build_recorder_function`, built once per plan (observe and enforce both
+    install it)."""
+    key = ("recorder_function", entry.qname, operation)
+    found: sql.Composed | None = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = build_recorder_function(ctx, entry, operation)
+    return found
+
+
+def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
+                            ) -> sql.Composed:
     """The recording function: a stable LOG line and a sample row once per statement, table
     and operation, and always ``true``.
 
@@ -314,7 +325,7 @@ def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> s
         "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS boolean"
         " LANGUAGE plpgsql VOLATILE SECURITY DEFINER COST 1"
         " SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS {body}"
-    , fn=recorder(entry, operation), body=sql.Literal(body.as_string(None)))
+    , fn=recorder(entry, operation), body=sql.Literal(as_text(body)))
 
 
 def install_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:

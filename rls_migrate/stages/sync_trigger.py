@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -69,7 +69,7 @@ def _row_key(entry: TenantTable, row: str) -> sql.Composable:
         parts = [compose("NEW.{}::text", sql.Identifier(k)) for k in keys]
     else:
         parts = [compose("c.{}::text", sql.Identifier(k)) for k in keys]
-    return compose("concat_ws(',', {})", sql.SQL(", ").join(parts))
+    return compose("concat_ws(',', {})", sep(", ").join(parts))
 
 
 def _record_conflict(entry: TenantTable, row_key: sql.Composable, found: sql.Composable,
@@ -97,11 +97,11 @@ def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     assert entry.parent is not None and entry.parent_column is not None
     col = sql.Identifier(entry.column)
     ctype = sql.SQL(ctx.tenant_type(entry))
-    new_fk = sql.SQL(", ").join(compose("NEW.{}", sql.Identifier(c))
+    new_fk = sep(", ").join(compose("NEW.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    old_fk = sql.SQL(", ").join(compose("OLD.{}", sql.Identifier(c))
+    old_fk = sep(", ").join(compose("OLD.{}", sql.Identifier(c))
                                 for c in entry.parent.columns)
-    link_null = sql.SQL(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(c))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(c))
                                      for c in entry.parent.columns)
     setting = sql.Literal(ctx.playbook.tenant.setting)
     record = _record_conflict(entry, _row_key(entry, "NEW"), sql.SQL("rlsm_found"),
@@ -158,9 +158,9 @@ def owner_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     # NEW here is the owner's row: its link columns are the parent ref's ref_columns.
     owner_tenant = cast_sql(compose("NEW.{}", sql.Identifier(entry.parent_column)),
                             ctx.tenant_type(owner), ctx.tenant_type(entry))
-    link_null = sql.SQL(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(r))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(r))
                                      for r in entry.parent.ref_columns)
-    match = sql.SQL(" AND ").join(
+    match = sep(" AND ").join(
         compose("c.{} = NEW.{}", sql.Identifier(c), sql.Identifier(r))
         for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
     record = _record_conflict(entry, sql.SQL("rlsm_key"), sql.SQL("rlsm_tenant"),
@@ -186,19 +186,25 @@ def owner_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
         col=col, key=_row_key(entry, "c"), owned=entry.ident, match=match, record=record)
 
 
-def create_function(fn: sql.Identifier, body: sql.Composed) -> sql.Composed:
-    """``CREATE OR REPLACE FUNCTION`` of a trigger function: SECURITY DEFINER (the parent
-    and owned rows are read and written with the migration role's rights, whatever tenant
-    the writer's policies show), with a fixed search_path (everything in the body is
-    schema-qualified)."""
+def create_function(fn: sql.Identifier, body: str) -> sql.Composed:
+    """``CREATE OR REPLACE FUNCTION`` of a trigger function whose PL/pgSQL is ``body`` (see
+    :func:`body_text`): SECURITY DEFINER (the parent and owned rows are read and written with
+    the migration role's rights, whatever tenant the writer's policies show), with a fixed
+    search_path (everything in the body is schema-qualified)."""
     return compose("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql"
                    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}",
-                   fn=fn, body=sql.Literal(body.as_string(None)))
+                   fn=fn, body=sql.Literal(body))
 
 
-def function_current_check(fn: sql.Identifier, body: sql.Composed) -> sql.Composed:
+def function_current_check(fn: sql.Identifier, body: str) -> sql.Composed:
     """True when ``fn`` exists with exactly this body and SECURITY DEFINER: a function
     an older toolkit created is replaced by a rerun."""
     return compose("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure({})"
                    " AND prosrc = {} AND prosecdef)",
-                   sql.Literal(fn.as_string(None) + "()"), sql.Literal(body.as_string(None)))
+                   sql.Literal(as_text(fn) + "()"), sql.Literal(body))
+
+
+def body_text(body: sql.Composed) -> str:
+    """A function body as the text both :func:`create_function` and
+    :func:`function_current_check` quote (rendered once for the two)."""
+    return as_text(body)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName, Table
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     TenantTable,
     columns_sql,
@@ -53,7 +53,7 @@ def set_lock_timeout(ms: float) -> sql.Composed:
 
 
 def do_block(body: sql.Composable) -> sql.Composed:
-    return compose("DO {}", sql.Literal(compose("BEGIN {} END", body).as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(compose("BEGIN {} END", body))))
 
 
 def index_ready(qname: QualifiedName, name: str) -> sql.Composed:

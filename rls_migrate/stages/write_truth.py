@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -105,7 +105,7 @@ def row_function_sql(entry: TenantTable) -> sql.Composed:
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql VOLATILE"
         " SET search_path = pg_catalog, pg_temp AS {body}",
-        fn=row_function(entry), body=sql.Literal(body.as_string(None)))
+        fn=row_function(entry), body=sql.Literal(as_text(body)))
 
 
 def statement_function_sql(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
@@ -167,7 +167,7 @@ def statement_function_sql(ctx: PlanContext, entry: TenantTable) -> sql.Composed
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql VOLATILE"
         " SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms'"
-        " AS {body}", fn=statement_function(entry), body=sql.Literal(body.as_string(None)))
+        " AS {body}", fn=statement_function(entry), body=sql.Literal(as_text(body)))
 
 
 def has_row_trigger(entry: TenantTable) -> bool:

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rls_migrate.journal import lock_holder
+from rls_migrate.migration_lock import lock_holder
 from rls_migrate.steps import Step
 
 FaultKind = Literal["sigkill", "terminate", "restart"]

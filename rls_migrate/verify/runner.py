@@ -21,7 +21,8 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, QualifiedName
 from rls_migrate.connect import connect
 from rls_migrate.errors import UsageError
-from rls_migrate.playbook import Playbook, check_against_catalog
+from rls_migrate.playbook import Playbook
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.stages.common import PlanContext
 from rls_migrate.verify.model import Finding, Rule, VerifyContext
 from rls_migrate.verify.probe import PROBE_RULES, ProbeSettings, ProbeTarget, probe_all

@@ -21,7 +21,8 @@ from rls_migrate.check import check_catalog
 from rls_migrate.discover import discover
 from rls_migrate.init import build_playbook_yaml
 from rls_migrate.planner import build_plan
-from rls_migrate.playbook import Playbook, check_against_catalog, load_playbook, parse_playbook
+from rls_migrate.playbook import Playbook, load_playbook, parse_playbook
+from rls_migrate.playbook_check import check_against_catalog
 from rls_migrate.runner import apply_stage, rollback_to
 from rls_migrate.steps import STAGES
 from rls_migrate.testing.checksums import CANONICAL_SETTINGS

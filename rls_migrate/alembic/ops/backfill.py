@@ -107,6 +107,7 @@ def _backfill_tenant_column(operations: Operations, operation: BackfillTenantCol
     from rls_migrate import journal
     from rls_migrate import runner as _runner  # noqa: F401  (registers the backfill runner)
     from rls_migrate.executor import Executor
+    from rls_migrate.migration_lock import MigrationLock
     from rls_migrate.stages import backfill
 
     what = "backfill_tenant_column"
@@ -122,7 +123,7 @@ def _backfill_tenant_column(operations: Operations, operation: BackfillTenantCol
                         parent_column=spec.parent_column, options=options)
         with translated_errors():
             steps = tuple(s for s in backfill.plan(ctx).steps if s.table == qname)
-            with journal.MigrationLock(conn):
+            with MigrationLock(conn):
                 Executor(conn, options, journal.Journal(conn)).run(
                     StagePlan("backfill", steps))
 

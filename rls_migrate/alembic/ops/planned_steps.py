@@ -141,6 +141,7 @@ def _run_planned(operations: Operations, what: str, step: Step, raw: Sequence[st
     from rls_migrate import journal
     from rls_migrate import planner as _planner  # noqa: F401  (stage kind handlers)
     from rls_migrate.executor import Executor
+    from rls_migrate.migration_lock import MigrationLock
 
     options = options_from(overrides)
     context = operations.get_context()
@@ -152,7 +153,7 @@ def _run_planned(operations: Operations, what: str, step: Step, raw: Sequence[st
         require_toolkit_schema(conn, what)
         if not undo:
             _refuse_rows_without_tenant(conn, step, raw)
-        with translated_errors(), journal.MigrationLock(conn):
+        with translated_errors(), MigrationLock(conn):
             executor = Executor(conn, options, journal.Journal(conn))
             stage = StagePlan(step.stage, (step,))
             result = executor.rollback(stage) if undo else executor.run(stage)

@@ -14,7 +14,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from rls_migrate.executor import Executor, StepOutcome, _now, _Trace
+from rls_migrate.executor import Executor, _Trace
+from rls_migrate.outcomes import StepOutcome, now
 from rls_migrate.steps import Step
 
 PROGRESS_INTERVAL_S = 0.5
@@ -167,7 +168,7 @@ def index_name_of(step: Step) -> str | None:
 def run_create_index(executor: Executor, step: Step) -> StepOutcome:
     """A concurrent build, the way the executor runs every non-transactional step (session
     timeouts per attempt, retries), with its progress polled from a second session."""
-    started = _now()
+    started = now()
     trace = _Trace()
     with BuildWatcher(executor, step) as watcher, client_connection_check(executor.conn):
         executor._execute(step, step.statements, transactional=False, lock=step.lock,

@@ -10,7 +10,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.catalog import Index, QualifiedName
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.stages.common import columns_sql
 
@@ -96,7 +96,7 @@ class IndexShape:
             return compose("{} ({})", head, columns_sql(self.columns))
         tail = sql.SQL(" " + self.tail) if self.tail else sql.SQL("")
         return compose("{} USING {} ({}){}", head, sql.Identifier(self.method),
-                       sql.SQL(", ").join(self.keys), tail)
+                       sep(", ").join(self.keys), tail)
 
     def describe(self) -> str:
         if self.columns is not None:

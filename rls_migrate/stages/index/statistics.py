@@ -22,7 +22,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -94,7 +94,7 @@ def statistics_steps(ctx: PlanContext, entry: TenantTable) -> list[Step]:
             # ANALYZE builds nothing. A weak lock: no ddl_statement_timeout on the sample.
             lock=Lock.SHARE_UPDATE_EXCLUSIVE,
             done_check=_exist_check(target.qname, names),
-            inverse=(compose("DROP STATISTICS IF EXISTS {}", sql.SQL(", ").join(
+            inverse=(compose("DROP STATISTICS IF EXISTS {}", sep(", ").join(
                 sql.Identifier(target.qname.schema, n) for n in names)),),
             inverse_lock=Lock.SHARE_UPDATE_EXCLUSIVE,
             estimate=Estimate(seconds=0.1),

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import as_text, compose
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -46,7 +46,7 @@ def _set_lock_timeout(ms: float) -> sql.Composed:
 def _do(body: sql.Composable) -> sql.Composed:
     """A DO block around composed statements (identifiers quoted by psycopg, then the whole
     body passed as one string literal)."""
-    return compose("DO {}", sql.Literal(compose("BEGIN {} END", body).as_string(None)))
+    return compose("DO {}", sql.Literal(as_text(compose("BEGIN {} END", body))))
 
 
 def unique_steps(ctx: PlanContext, entry: TenantTable, wanted: tuple[str, ...],

@@ -25,7 +25,8 @@ import psycopg
 from psycopg import sql
 
 from rls_migrate.catalog import Index
-from rls_migrate.executor import Executor, StepOutcome, _now, _query
+from rls_migrate.executor import Executor, _query
+from rls_migrate.outcomes import StepOutcome, now
 from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.index.shapes import is_ours
@@ -80,7 +81,7 @@ def pin_step(ctx: PlanContext, entry: TenantTable) -> Step | None:
 
 @Executor.register(KIND)
 def _pin(executor: Executor, step: Step) -> StepOutcome:
-    started = _now()
+    started = now()
 
     def body(cur: psycopg.Cursor[Any]) -> Any:
         cur.execute(_query(step.statements[0]))
