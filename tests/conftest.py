@@ -20,8 +20,15 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+import sqlalchemy  # noqa: F401  (see below)
 
 from rls_migrate.testing import servers
+
+# SQLAlchemy is imported here, once per test process, before any test runs: the pytest-plugin
+# tests run pytest in-process (pytester), which removes the modules first imported during
+# the inner run from sys.modules afterwards; a SQLAlchemy imported there leaves its compiled
+# extensions bound to the removed module objects, and every later Alembic upgrade in the
+# process fails with "'InternalTraversal' object is not callable".
 
 BACKENDS = servers.find_backends(os.environ.get("RLS_MIGRATE_TEST_BACKENDS"),
                                  include_unavailable=True)
