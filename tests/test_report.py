@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_observe import ObserveDb, cloned_db, flush_stats, sample_rows
+from test_observe import ObserveDb, cloned_db, flush_stats, sample_rows, wait_for_calls
 
 from rls_migrate.cli import main
 from rls_migrate.context import tenant_transaction
@@ -178,6 +178,8 @@ def test_report_groups_counts_and_windows(db: ObserveDb) -> None:
             " role_name, application_name, statement) VALUES (now() - interval '2 hours',"
             " 'public.labels', 'read', 'no_context', 'app_user', 'old-job', 'SELECT 1')")
 
+    # Counters are flushed asynchronously (before 15 a collector relays them, late).
+    wait_for_calls(db.dsn, lambda calls: sum(calls.values()) >= 5)
     report = report_of(db, HOUR)
     assert not report.clean and report.statements == 5
     assert [(g.table, g.operation, g.kind, g.role, g.application_name, g.statement, g.count)
