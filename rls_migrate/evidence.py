@@ -17,9 +17,9 @@ import datetime as dt
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import psycopg
 
@@ -101,6 +101,7 @@ class Violation:
 
 
 _DECODER = json.JSONDecoder()
+R = TypeVar("R")
 
 
 def _opt_str(value: object) -> str | None:
@@ -189,14 +190,19 @@ def _with_parameters(found: Violation | None, context: str | None) -> Violation 
     return dataclasses.replace(found, parameters=parameters) if parameters else found
 
 
-def _decode_to_end(text: str, start: int, source: str) -> Violation | None:
+def decode_to_end(text: str, start: int, convert: Callable[[Any], R | None]) -> R | None:
+    """``convert`` of the JSON object at ``start`` when it decodes and ends ``text``."""
     try:
         obj, end = _DECODER.raw_decode(text, start)
     except ValueError:
         return None
     if text[end:].strip():
         return None
-    return violation_from_json(obj, source)
+    return convert(obj)
+
+
+def _decode_to_end(text: str, start: int, source: str) -> Violation | None:
+    return decode_to_end(text, start, lambda obj: violation_from_json(obj, source))
 
 
 def parse_log_line(line: str, source: str = "log") -> Violation | None:
@@ -208,6 +214,15 @@ def parse_log_line(line: str, source: str = "log") -> Violation | None:
     imitates the message therefore cannot make a second record, and the real object, whose
     strings are JSON-escaped, cannot hide a valid object inside itself. ``jsonlog`` lines
     (PostgreSQL 15+) are JSON objects whose ``message`` holds the recorder's message."""
+    found = record_in_line(line, LOG_PREFIX, lambda obj: violation_from_json(obj, source))
+    return _with_parameters(found[0], found[1]) if found is not None else None
+
+
+def record_in_line(line: str, prefix: str, convert: Callable[[Any], R | None]
+                   ) -> tuple[R, str | None] | None:
+    """The record a plain or jsonlog server-log line carries after ``prefix`` (the rules of
+    :func:`parse_log_line`, shared by every kind of record the toolkit logs), with the
+    jsonlog entry's ``context`` (None for a plain line: its CONTEXT comes on later lines)."""
     if line.startswith("\t"):
         # A continuation line of a multi-line message: the statement text of a STATEMENT:
         # or statement: line, which the application chose.
@@ -220,20 +235,21 @@ def parse_log_line(line: str, source: str = "log") -> Violation | None:
             entry = None
         if isinstance(entry, dict):
             message = entry.get("message")
-            if isinstance(message, str) and message.startswith(LOG_PREFIX):
+            if isinstance(message, str) and message.startswith(prefix):
+                found = decode_to_end(message, len(prefix), convert)
                 context = entry.get("context")
-                return _with_parameters(_decode_to_end(message, len(LOG_PREFIX), source),
-                                        context if isinstance(context, str) else None)
+                return None if found is None else (
+                    found, context if isinstance(context, str) else None)
             return None
-    position = stripped.rfind(LOG_PREFIX)
+    position = stripped.rfind(prefix)
     while position >= 0:
-        # The recorder's message is the whole message of a LOG entry: right after the
-        # severity, not at the end of a STATEMENT: line that quotes the application.
+        # The record is the whole message of a LOG entry: right after the severity, not at
+        # the end of a STATEMENT: line that quotes the application.
         if stripped.endswith(_SEVERITY, 0, position):
-            found = _decode_to_end(stripped, position + len(LOG_PREFIX), source)
+            found = decode_to_end(stripped, position + len(prefix), convert)
             if found is not None:
-                return found
-        position = stripped.rfind(LOG_PREFIX, 0, position)
+                return found, None
+        position = stripped.rfind(prefix, 0, position)
     return None
 
 

@@ -16,7 +16,6 @@ import bisect
 import csv
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from rls_migrate.evidence import Violation, normalize_statement
+from rls_migrate.evidence import Violation, decode_to_end, normalize_statement, record_in_line
 from rls_migrate.stages.policies import KINDS
 from rls_migrate.stages.write_truth import LOG_PREFIX, LOG_VERSION, OPERATIONS, TABLE
 
 Conn = psycopg.Connection[Any]
 
-_DECODER = json.JSONDecoder()
-_SEVERITY = "LOG:  "
 _CSV_MESSAGE = 13
 
 
@@ -99,40 +96,12 @@ def truth_from_json(obj: object, source: str) -> WriteTruth | None:
                       _text(obj.get("db")))
 
 
-def _decode_to_end(text: str, start: int, source: str) -> WriteTruth | None:
-    try:
-        obj, end = _DECODER.raw_decode(text, start)
-    except ValueError:
-        return None
-    if text[end:].strip():
-        return None
-    return truth_from_json(obj, source)
-
-
 def parse_truth_line(line: str, source: str = "log") -> WriteTruth | None:
     """The record of a plain (stderr/syslog) or jsonlog line, with the recorders' rules: the
     message right after the severity, a JSON object that ends the line (see
     :func:`rls_migrate.evidence.parse_log_line`)."""
-    if line.startswith("\t"):
-        return None
-    stripped = line.strip()
-    if stripped.startswith("{") and '"message"' in stripped:
-        try:
-            entry = json.loads(stripped)
-        except ValueError:
-            return None
-        message = entry.get("message") if isinstance(entry, dict) else None
-        if isinstance(message, str) and message.startswith(LOG_PREFIX):
-            return _decode_to_end(message, len(LOG_PREFIX), source)
-        return None
-    position = stripped.rfind(LOG_PREFIX)
-    while position >= 0:
-        if stripped.endswith(_SEVERITY, 0, position):
-            found = _decode_to_end(stripped, position + len(LOG_PREFIX), source)
-            if found is not None:
-                return found
-        position = stripped.rfind(LOG_PREFIX, 0, position)
-    return None
+    found = record_in_line(line, LOG_PREFIX, lambda obj: truth_from_json(obj, source))
+    return found[0] if found is not None else None
 
 
 def read_truth_log(path: Path) -> Iterator[WriteTruth]:
@@ -143,7 +112,8 @@ def read_truth_log(path: Path) -> Iterator[WriteTruth]:
         if path.name.removesuffix(".gz").endswith(".csv"):
             for row in csv.reader(fh):
                 if len(row) > _CSV_MESSAGE and row[_CSV_MESSAGE].startswith(LOG_PREFIX):
-                    found = _decode_to_end(row[_CSV_MESSAGE], len(LOG_PREFIX), path.name)
+                    found = decode_to_end(row[_CSV_MESSAGE], len(LOG_PREFIX),
+                                          lambda obj: truth_from_json(obj, path.name))
                     if found is not None:
                         yield found
             return
