@@ -93,6 +93,17 @@ _UUID_TEXT = (r"^\s*\{?[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-
               r"[0-9a-fA-F]{12}\}?\s*$")
 
 
+DATABASE_IDENTITY = sql.SQL(
+    "  BEGIN\n"
+    "    dbid := (SELECT system_identifier::text FROM pg_control_system()) || '/'"
+    " || (SELECT oid::text FROM pg_database WHERE datname = current_database());\n"
+    "  EXCEPTION WHEN OTHERS THEN\n"
+    "    dbid := NULL;\n"
+    "  END;\n")
+"""PL/pgSQL that sets ``dbid`` to the database's identity (system identifier / OID) for a
+log line, NULL where the role may not read it: a report then never mixes the lines of a
+dropped and recreated database of the same name. Used by every function that logs evidence."""
+
 def column_type(ctx: PlanContext, entry: TenantTable) -> str:
     """The tenant column's type as the catalog has it (``format_type``); a column the
     toolkit adds gets the root key's type."""
@@ -292,12 +303,7 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
         "  qid := {query_id};\n"
         "  ro := current_setting('transaction_read_only') = 'on';\n"
         "  standby := pg_is_in_recovery();\n"
-        "  BEGIN\n"
-        "    dbid := (SELECT system_identifier::text FROM pg_control_system()) || '/'"
-        " || (SELECT oid::text FROM pg_database WHERE datname = current_database());\n"
-        "  EXCEPTION WHEN OTHERS THEN\n"
-        "    dbid := NULL;\n"
-        "  END;\n"
+        "{database_identity}"
         "  RAISE LOG {message}, json_build_object('v', {version}, 'at', seen_at, 'table', {table},"
         " 'op', {op}, 'kind', kind, 'db', current_database(), 'dbid', dbid, 'role', caller,"
         " 'session_user', session_user, 'app', app, 'pid', pg_backend_pid(),"
@@ -316,6 +322,7 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
         "  RETURN true;\n"
         "END",
         candidate=sql.Literal(CANDIDATE_SETTING), caller_setting=sql.Literal(CALLER_SETTING),
+        database_identity=DATABASE_IDENTITY,
         capture=_session_capture(ctx), setting=sql.Literal(ctx.playbook.tenant.setting),
         marker=sql.Literal(marker), chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
         message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),

@@ -55,6 +55,7 @@ from rls_migrate.stages.common import (
 from rls_migrate.stages.policies import (
     CALLER_SETTING,
     CANDIDATE_SETTING,
+    DATABASE_IDENTITY,
     STATEMENT_CHARS,
     TENANT_POLICY,
     tenant_value,
@@ -135,12 +136,7 @@ def statement_function_sql(ctx: PlanContext, entry: TenantTable) -> sql.Composed
         "  app := current_setting('application_name');\n"
         "  stmt := left(current_query(), {chars});\n"
         "  xid := txid_current_if_assigned();\n"
-        "  BEGIN\n"
-        "    dbid := (SELECT system_identifier::text FROM pg_control_system()) || '/'"
-        " || (SELECT oid::text FROM pg_database WHERE datname = current_database());\n"
-        "  EXCEPTION WHEN OTHERS THEN\n"
-        "    dbid := NULL;\n"
-        "  END;\n"
+        "{database_identity}"
         "  RAISE LOG {message}, json_build_object('v', {version}, 'at', seen_at,"
         " 'statement_at', statement_timestamp(), 'table', {table}, 'op', lower(TG_OP),"
         " 'foreign', found, 'row_tenant', tenant, 'kind', kind, 'db', current_database(),"
@@ -162,7 +158,7 @@ def statement_function_sql(ctx: PlanContext, entry: TenantTable) -> sql.Composed
         foreign=sql.Literal(FOREIGN_SETTING), setting=sql.Literal(ctx.playbook.tenant.setting),
         caller=sql.Literal(CALLER_SETTING), chars=sql.Literal(STATEMENT_CHARS),
         message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
-        table=sql.Literal(str(entry.qname)),
+        table=sql.Literal(str(entry.qname)), database_identity=DATABASE_IDENTITY,
         samples=sql.Identifier(TOOLKIT_SCHEMA, TABLE))
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql VOLATILE"
