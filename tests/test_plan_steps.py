@@ -403,3 +403,32 @@ def test_backfill_notes_row_waits_longer_than_lock_timeout(sample: Sample) -> No
         update={"backfill": options.backfill.model_copy(update={"batch_target": 80.0})})})
     notes = build_plan(sample.catalog, short, ["backfill"]).stage("backfill").notes
     assert not any("lock_timeout" in n for n in notes), notes
+
+
+def _all_sql(plan: Plan, order: Callable[[list[Step]], list[Step]]) -> dict[str, object]:
+    """Every statement, inverse, done check and backfill statement of ``plan`` as text,
+    read step by step in the given order."""
+    out: dict[str, object] = {}
+    for s in order(plan.steps):
+        spec = s.backfill
+        out[s.id] = (
+            [x.as_string(None) for x in s.statements], [x.as_string(None) for x in s.inverse],
+            s.done_check.as_string(None) if s.done_check is not None else None,
+            None if spec is None else [q.as_string(None) if q is not None else None for q in (
+                spec.batch_sql, spec.first_batch_sql, spec.next_key_sql, spec.max_key_sql,
+                spec.remaining_sql, spec.single_statement_sql, spec.orphans_sql,
+                spec.conflicts_sql)])
+    return out
+
+
+def test_step_sql_is_the_same_whenever_it_is_read(sample: Sample) -> None:
+    """Steps build their SQL when it is first read (``plan`` in text form never reads it):
+    what they build must depend only on what is fixed at planning time, never on when or in
+    which order the statements are read."""
+    forward = _all_sql(build_plan(sample.catalog, sample.playbook), list)
+    backward = _all_sql(build_plan(sample.catalog, sample.playbook),
+                        lambda steps: list(reversed(steps)))
+    assert forward == backward
+    assert len(forward) > 50 and all(statements for statements, *_ in forward.values())
+    again = build_plan(sample.catalog, sample.playbook).steps[0]
+    assert again.statements is again.statements  # built once, then kept

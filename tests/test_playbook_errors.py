@@ -231,3 +231,23 @@ def test_catalog_error_from_the_cli_touches_nothing(tmp_path: Path, db: Db, case
     assert "rls_migrate" not in before["schemas"]
     assert_one_error(run_cli(tmp_path, case.text, db.dsn), case)
     assert schema_snapshot(db.dsn) == before
+
+
+# --------------------------------------------------------------------------- types
+
+
+UUID_KEY = Case("uuid-key-over-bigint-columns", "key_type: bigint", "key_type: uuid",
+                ("tables.public.projects: its tenant column account_id is bigint, but the tenant "
+                 "key (id) is uuid: no tenant value can match both",))
+
+
+@pytest.mark.core_majors
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_tenant_column_no_tenant_value_matches_fails_plan_in_every_format(
+        tmp_path: Path, db: Db, fmt: str) -> None:
+    """Statements are built when first read (text never reads them): the type check runs
+    while planning, so the text report refuses the playbook as the json one does."""
+    (tmp_path / "bad.yaml").write_text(UUID_KEY.text)
+    result = subprocess.run([CLI, "plan", "bad.yaml", "--dsn", db.dsn, "--format", fmt],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert_one_error(result, UUID_KEY)

@@ -29,7 +29,7 @@ from rls_migrate.stages.sync_trigger import (
     sync_function_body,
     sync_trigger_name,
 )
-from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+from rls_migrate.steps import Estimate, Later, Lock, StagePlan, Step
 
 
 def tenant_fk_name(entry: TenantTable) -> str:
@@ -44,26 +44,7 @@ def plan(ctx: PlanContext) -> StagePlan:
             continue
         assert entry.parent is not None
         table = entry.table
-        ident = entry.ident
-        col = sql.Identifier(entry.column)
-        steps.append(Step(
-            id=f"add_column:{entry.qname}",
-            stage="add-column",
-            kind="add_column",
-            table=entry.qname,
-            description=f"add {entry.column} {ctx.tenant_type(entry)} (nullable, no default: "
-                        "a catalog-only change, no rewrite)",
-            statements=(compose("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                ident, col, sql.SQL(ctx.tenant_type(entry))),),
-            lock=Lock.ACCESS_EXCLUSIVE,
-            done_check=column_exists_check(entry.qname, entry.column),
-            inverse=(compose("ALTER TABLE {} DROP COLUMN IF EXISTS {}", ident, col),),
-            inverse_lock=Lock.ACCESS_EXCLUSIVE,
-            inverse_needs="drop_columns",
-            estimate=Estimate(seconds=0.01),
-            why="derived tables need their own tenant column so a policy can filter them "
-                "without a join",
-        ))
+        steps.append(_add_column_step(ctx, entry))
         steps.append(_sync_step(ctx, entry))
         if entry.qname in ctx.catalog.retired_sync:
             notes.append(f"{entry.qname}: the index stage retired its sync trigger"
@@ -72,34 +53,12 @@ def plan(ctx: PlanContext) -> StagePlan:
                          "does")
         if entry.owned:
             steps.append(_owner_step(ctx, entry))
-        root = ctx.root
         if table.is_partitioned and ctx.catalog.major < 18:
             notes.append(f"{entry.qname}: PostgreSQL {ctx.catalog.major} cannot add a NOT VALID "
                          "foreign key on a partitioned table; the tenant foreign key is skipped "
                          "(NOT NULL and the policies still apply)")
             continue
-        fk = tenant_fk_name(entry)
-        steps.append(Step(
-            id=f"tenant_fk:{entry.qname}",
-            stage="add-column",
-            kind="add_foreign_key",
-            table=entry.qname,
-            description=f"foreign key {entry.column} -> {root}, checked at commit, NOT VALID "
-                        "(validated by constrain without blocking writes)",
-            # DEFERRABLE INITIALLY DEFERRED: an application that writes a tenant's rows
-            # before the tenant row itself in one transaction (Prisma's nested create of an
-            # organisation and its settings) commits as it did before the migration.
-            statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}"
-                                " ({}) DEFERRABLE INITIALLY DEFERRED NOT VALID", ident,
-                                sql.Identifier(fk), col, root.ident,
-                                sql.Identifier(ctx.playbook.tenant.key)),),
-            lock=Lock.SHARE_ROW_EXCLUSIVE,
-            done_check=constraint_exists_check(entry.qname, fk),
-            inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
-                ident, sql.Identifier(fk)),),
-            inverse_lock=Lock.ACCESS_EXCLUSIVE,
-            why="the key must name an existing tenant; NOT VALID skips the scan of old rows",
-        ))
+        steps.append(_tenant_fk_step(ctx, entry))
     if not steps:
         notes.append("no derived table: every tenant table already carries the key")
     else:
@@ -107,11 +66,57 @@ def plan(ctx: PlanContext) -> StagePlan:
     return StagePlan("add-column", tuple(steps), tuple(notes))
 
 
+def _add_column_step(ctx: PlanContext, entry: TenantTable) -> Step:
+    return Step(
+        id=f"add_column:{entry.qname}",
+        stage="add-column",
+        kind="add_column",
+        table=entry.qname,
+        description=f"add {entry.column} {ctx.tenant_type(entry)} (nullable, no default: "
+                    "a catalog-only change, no rewrite)",
+        statements=Later(lambda: (compose("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+            entry.ident, sql.Identifier(entry.column), sql.SQL(ctx.tenant_type(entry))),)),
+        lock=Lock.ACCESS_EXCLUSIVE,
+        done_check=Later(lambda: column_exists_check(entry.qname, entry.column)),
+        inverse=Later(lambda: (compose("ALTER TABLE {} DROP COLUMN IF EXISTS {}",
+                                       entry.ident, sql.Identifier(entry.column)),)),
+        inverse_lock=Lock.ACCESS_EXCLUSIVE,
+        inverse_needs="drop_columns",
+        estimate=Estimate(seconds=0.01),
+        why="derived tables need their own tenant column so a policy can filter them "
+            "without a join",
+    )
+
+
+def _tenant_fk_step(ctx: PlanContext, entry: TenantTable) -> Step:
+    root = ctx.root
+    fk = tenant_fk_name(entry)
+    return Step(
+        id=f"tenant_fk:{entry.qname}",
+        stage="add-column",
+        kind="add_foreign_key",
+        table=entry.qname,
+        description=f"foreign key {entry.column} -> {root}, checked at commit, NOT VALID "
+                    "(validated by constrain without blocking writes)",
+        # DEFERRABLE INITIALLY DEFERRED: an application that writes a tenant's rows
+        # before the tenant row itself in one transaction (Prisma's nested create of an
+        # organisation and its settings) commits as it did before the migration.
+        statements=Later(lambda: (compose(
+            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}"
+            " ({}) DEFERRABLE INITIALLY DEFERRED NOT VALID", entry.ident,
+            sql.Identifier(fk), sql.Identifier(entry.column), root.ident,
+            sql.Identifier(ctx.playbook.tenant.key)),)),
+        lock=Lock.SHARE_ROW_EXCLUSIVE,
+        done_check=Later(lambda: constraint_exists_check(entry.qname, fk)),
+        inverse=Later(lambda: (compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+                                       entry.ident, sql.Identifier(fk)),)),
+        inverse_lock=Lock.ACCESS_EXCLUSIVE,
+        why="the key must name an existing tenant; NOT VALID skips the scan of old rows",
+    )
+
+
 def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
     assert entry.parent is not None
-    ident = entry.ident
-    fn = function_name("sync", entry.qname)
-    body = body_text(sync_function_body(ctx, entry))
     trigger = sync_trigger_name(entry)
     source = (f"the row of {entry.parent.qname} that points at it, else the writer's tenant"
               if entry.owned else f"{entry.parent.qname}")
@@ -122,24 +127,33 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
         table=entry.qname,
         description=f"trigger {trigger}: new and re-parented rows take {entry.column} from "
                     f"{source}; a link set to NULL keeps it",
-        statements=(
-            create_function(fn, body),
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
-            compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
-                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger),
-                    columns_sql(entry.parent.columns), ident, fn),
-        ),
+        statements=Later(lambda: _sync_statements(ctx, entry)),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
-        done_check=_unless_retired(ctx, entry, compose(
+        done_check=Later(lambda: _unless_retired(ctx, entry, compose(
             "SELECT ({}) AND ({})", trigger_exists_check(entry.qname, trigger),
-            function_current_check(fn, body))),
-        inverse=(
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), ident),
-            compose("DROP FUNCTION IF EXISTS {}()", fn),
-        ),
+            function_current_check(function_name("sync", entry.qname),
+                                   body_text(sync_function_body(ctx, entry)))))),
+        inverse=Later(lambda: (
+            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),
+            compose("DROP FUNCTION IF EXISTS {}()", function_name("sync", entry.qname)),
+        )),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         why="without it the backfill never converges: rows written after a batch passed "
             "would stay empty",
+    )
+
+
+def _sync_statements(ctx: PlanContext, entry: TenantTable) -> tuple[sql.Composable, ...]:
+    assert entry.parent is not None
+    ident = entry.ident
+    fn = function_name("sync", entry.qname)
+    trigger = sql.Identifier(sync_trigger_name(entry))
+    return (
+        create_function(fn, body_text(sync_function_body(ctx, entry))),
+        compose("DROP TRIGGER IF EXISTS {} ON {}", trigger, ident),
+        compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
+                " FOR EACH ROW EXECUTE FUNCTION {}()", trigger,
+                columns_sql(entry.parent.columns), ident, fn),
     )
 
 

@@ -9,6 +9,7 @@ BackfillSpec`); :mod:`rls_migrate.stages.backfill_runner` runs them in short bat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from psycopg import sql
@@ -23,7 +24,7 @@ from rls_migrate.stages.common import (
     rows_estimate,
     triggers_firing_on_update,
 )
-from rls_migrate.steps import BackfillSpec, Lock, Query, StagePlan, Step
+from rls_migrate.steps import BackfillSpec, Estimate, Later, Lock, Query, StagePlan, Step
 
 SAMPLE_SIZE = 10
 
@@ -119,9 +120,7 @@ def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
         uses_ctid = False
         integer_key = len(keys) == 1 and types[0] in INTEGER_TYPES
     else:
-        if table.is_partitioned:
-            raise PlaybookError(f"{entry.qname}: a partitioned table without a primary key "
-                                "cannot be backfilled in batches; add a primary key first")
+        refuse_unbatchable(entry)
         keys = ("ctid",)
         ctid = sql.SQL("c.ctid")
 
@@ -237,13 +236,20 @@ def _owner_link_unique(ctx: PlanContext, entry: TenantTable) -> bool:
         and set(index.columns) == wanted for index in owner.indexes)
 
 
+def refuse_unbatchable(entry: TenantTable) -> None:
+    if entry.table.is_partitioned and not entry.table.primary_key:
+        raise PlaybookError(f"{entry.qname}: a partitioned table without a primary key "
+                            "cannot be backfilled in batches; add a primary key first")
+
+
 def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     notes: list[str] = []
     for entry in ctx.tenant_tables:
         if not entry.added:
             continue
-        spec = build_spec(ctx, entry)
+        refuse_unbatchable(entry)  # here, not when the statements are first read
+        key_columns = entry.table.primary_key or ("ctid",)
         risks: list[str] = []
         fired = triggers_firing_on_update(entry.table, entry.column)
         if fired and ctx.playbook.options.backfill.user_triggers == "fire":
@@ -256,7 +262,7 @@ def plan(ctx: PlanContext) -> StagePlan:
         if entry.table.publications:
             risks.append(f"publication(s) {', '.join(entry.table.publications)}: logical "
                          "replication consumers see every backfilled row as an UPDATE")
-        if spec.uses_ctid:
+        if not entry.table.primary_key:
             risks.append("no primary key: batches walk physical pages (ctid ranges)")
         if entry.strategy == "hint":
             risks.append("no foreign key backs the parent link (hint): rows whose parent is "
@@ -273,24 +279,7 @@ def plan(ctx: PlanContext) -> StagePlan:
         wal = entry.table.size_bytes
         if wal:
             risks.append(f"about {wal // 1_000_000 or 1} MB of WAL (every row is rewritten once)")
-        steps.append(Step(
-            id=f"backfill:{entry.qname}",
-            stage="backfill",
-            kind="backfill",
-            table=entry.qname,
-            description=f"fill {entry.column} from {entry.parent.qname if entry.parent else ''} in "
-                        f"keyset batches of ~{ctx.playbook.options.backfill.batch_target:.0f} ms "
-                        f"on ({', '.join(spec.key_columns)})",
-            statements=(spec.batch_sql,),
-            lock=Lock.ROW_EXCLUSIVE,
-            done_check=compose("SELECT NOT EXISTS ({})", compose(
-                "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
-                entry.ident, sql.Identifier(entry.column))),
-            estimate=est,
-            risks=tuple(risks),
-            why="each batch is its own short transaction: row locks last milliseconds",
-            backfill=spec,
-        ))
+        steps.append(_step(ctx, entry, key_columns, est, tuple(risks)))
     if not steps:
         notes.append("nothing to backfill")
     options = ctx.playbook.options
@@ -301,3 +290,26 @@ def plan(ctx: PlanContext) -> StagePlan:
             f"{options.backfill.batch_target:g} ms), longer than lock_timeout "
             f"({options.lock_timeout:g} ms); lower batch_target where that matters")
     return StagePlan("backfill", tuple(steps), tuple(notes))
+
+
+def _step(ctx: PlanContext, entry: TenantTable, key_columns: Sequence[str], est: Estimate,
+          risks: tuple[str, ...]) -> Step:
+    spec = functools.cache(lambda: build_spec(ctx, entry))
+    return Step(
+        id=f"backfill:{entry.qname}",
+        stage="backfill",
+        kind="backfill",
+        table=entry.qname,
+        description=f"fill {entry.column} from {entry.parent.qname if entry.parent else ''} in "
+                    f"keyset batches of ~{ctx.playbook.options.backfill.batch_target:.0f} ms "
+                    f"on ({', '.join(key_columns)})",
+        statements=Later(lambda: (spec().batch_sql,)),
+        lock=Lock.ROW_EXCLUSIVE,
+        done_check=Later(lambda: compose("SELECT NOT EXISTS ({})", compose(
+            "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
+            entry.ident, sql.Identifier(entry.column)))),
+        estimate=est,
+        risks=risks,
+        why="each batch is its own short transaction: row locks last milliseconds",
+        backfill=Later(spec),
+    )

@@ -19,7 +19,7 @@ from rls_migrate.stages.common import (
     object_name,
     rows_estimate,
 )
-from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+from rls_migrate.steps import Estimate, Later, Lock, StagePlan, Step
 
 
 def not_null_check_name(entry: TenantTable) -> str:
@@ -30,8 +30,6 @@ def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
     notes: list[str] = []
     for entry in ctx.tenant_tables:
-        ident = entry.ident
-        col = sql.Identifier(entry.column)
         column = entry.table.column(entry.column)
         # Columns the toolkit adds are always planned (done checks make reruns no-ops and
         # rollback needs the steps); an existing key column already NOT NULL needs nothing.
@@ -44,79 +42,97 @@ def plan(ctx: PlanContext) -> StagePlan:
                          "a tenant are invisible to every tenant and seen by admin roles; "
                          "verify reports them")
         elif not already_not_null:
-            check = not_null_check_name(entry)
-            check_ident = sql.Identifier(check)
-            not_null = column_not_null_check(entry.qname, entry.column)
-            steps.append(Step(
-                id=f"not_null_check:{entry.qname}",
-                stage="constrain",
-                kind="add_check",
-                table=entry.qname,
-                description=f"CHECK ({entry.column} IS NOT NULL) NOT VALID: new rows are checked "
-                            "at once, old rows are not scanned",
-                statements=(compose("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-                    ident, check_ident, col),),
-                lock=Lock.ACCESS_EXCLUSIVE,
-                done_check=compose("SELECT ({}) OR ({})",
-                    not_null, constraint_exists_check(entry.qname, check)),
-                inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
-                    ident, check_ident),),
-                inverse_lock=Lock.ACCESS_EXCLUSIVE,
-                estimate=Estimate(seconds=0.01),
-            ))
-            steps.append(Step(
-                id=f"validate_not_null:{entry.qname}",
-                stage="constrain",
-                kind="validate_constraint",
-                table=entry.qname,
-                description="VALIDATE the check: one scan, reads and writes go on",
-                statements=(compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                    ident, check_ident),),
-                lock=Lock.SHARE_UPDATE_EXCLUSIVE,
-                done_check=compose("SELECT ({}) OR ({})",
-                    not_null, constraint_exists_check(entry.qname, check, validated=True)),
-                estimate=rows_estimate(entry.table),
-            ))
-            steps.append(Step(
-                id=f"set_not_null:{entry.qname}",
-                stage="constrain",
-                kind="set_not_null",
-                table=entry.qname,
-                description=f"SET NOT NULL on {entry.column}: no scan, the valid check proves it",
-                statements=(compose("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
-                    ident, col),),
-                lock=Lock.ACCESS_EXCLUSIVE,
-                done_check=not_null,
-                inverse=(compose("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL",
-                    ident, col),),
-                inverse_lock=Lock.ACCESS_EXCLUSIVE,
-                estimate=Estimate(seconds=0.01),
-            ))
-            steps.append(Step(
-                id=f"drop_not_null_check:{entry.qname}",
-                stage="constrain",
-                kind="drop_check",
-                table=entry.qname,
-                description="drop the now redundant check",
-                statements=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
-                    ident, check_ident),),
-                lock=Lock.ACCESS_EXCLUSIVE,
-                done_check=compose("SELECT ({}) AND NOT ({})",
-                    not_null, constraint_exists_check(entry.qname, check)),
-                estimate=Estimate(seconds=0.01),
-            ))
+            steps += _not_null_steps(entry)
         if entry.added and not (entry.table.is_partitioned and ctx.catalog.major < 18):
-            fk = tenant_fk_name(entry)
-            steps.append(Step(
-                id=f"validate_tenant_fk:{entry.qname}",
-                stage="constrain",
-                kind="validate_constraint",
-                table=entry.qname,
-                description=f"VALIDATE the tenant foreign key {fk}: reads and writes go on",
-                statements=(compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                    ident, sql.Identifier(fk)),),
-                lock=Lock.SHARE_UPDATE_EXCLUSIVE,
-                done_check=constraint_exists_check(entry.qname, fk, validated=True),
-                estimate=rows_estimate(entry.table),
-            ))
+            steps.append(_validate_fk_step(entry))
     return StagePlan("constrain", tuple(steps), tuple(notes))
+
+
+def _not_null_steps(entry: TenantTable) -> list[Step]:
+    """Check NOT VALID, validate it, SET NOT NULL, drop the check. The statements are built
+    when first read (``plan`` in text form never reads them)."""
+    ident = entry.ident
+    col = sql.Identifier(entry.column)
+    check = not_null_check_name(entry)
+    check_ident = sql.Identifier(check)
+
+    def not_null() -> sql.Composed:
+        return column_not_null_check(entry.qname, entry.column)
+
+    return [
+        Step(
+            id=f"not_null_check:{entry.qname}",
+            stage="constrain",
+            kind="add_check",
+            table=entry.qname,
+            description=f"CHECK ({entry.column} IS NOT NULL) NOT VALID: new rows are checked "
+                        "at once, old rows are not scanned",
+            statements=Later(lambda: (compose(
+                "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
+                ident, check_ident, col),)),
+            lock=Lock.ACCESS_EXCLUSIVE,
+            done_check=Later(lambda: compose("SELECT ({}) OR ({})",
+                not_null(), constraint_exists_check(entry.qname, check))),
+            inverse=Later(lambda: (compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+                ident, check_ident),)),
+            inverse_lock=Lock.ACCESS_EXCLUSIVE,
+            estimate=Estimate(seconds=0.01),
+        ),
+        Step(
+            id=f"validate_not_null:{entry.qname}",
+            stage="constrain",
+            kind="validate_constraint",
+            table=entry.qname,
+            description="VALIDATE the check: one scan, reads and writes go on",
+            statements=Later(lambda: (compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                ident, check_ident),)),
+            lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+            done_check=Later(lambda: compose("SELECT ({}) OR ({})",
+                not_null(), constraint_exists_check(entry.qname, check, validated=True))),
+            estimate=rows_estimate(entry.table),
+        ),
+        Step(
+            id=f"set_not_null:{entry.qname}",
+            stage="constrain",
+            kind="set_not_null",
+            table=entry.qname,
+            description=f"SET NOT NULL on {entry.column}: no scan, the valid check proves it",
+            statements=Later(lambda: (compose("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
+                ident, col),)),
+            lock=Lock.ACCESS_EXCLUSIVE,
+            done_check=Later(not_null),
+            inverse=Later(lambda: (compose("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL",
+                ident, col),)),
+            inverse_lock=Lock.ACCESS_EXCLUSIVE,
+            estimate=Estimate(seconds=0.01),
+        ),
+        Step(
+            id=f"drop_not_null_check:{entry.qname}",
+            stage="constrain",
+            kind="drop_check",
+            table=entry.qname,
+            description="drop the now redundant check",
+            statements=Later(lambda: (compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+                ident, check_ident),)),
+            lock=Lock.ACCESS_EXCLUSIVE,
+            done_check=Later(lambda: compose("SELECT ({}) AND NOT ({})",
+                not_null(), constraint_exists_check(entry.qname, check))),
+            estimate=Estimate(seconds=0.01),
+        ),
+    ]
+
+
+def _validate_fk_step(entry: TenantTable) -> Step:
+    fk = tenant_fk_name(entry)
+    return Step(
+        id=f"validate_tenant_fk:{entry.qname}",
+        stage="constrain",
+        kind="validate_constraint",
+        table=entry.qname,
+        description=f"VALIDATE the tenant foreign key {fk}: reads and writes go on",
+        statements=Later(lambda: (compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            entry.ident, sql.Identifier(fk)),)),
+        lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+        done_check=Later(lambda: constraint_exists_check(entry.qname, fk, validated=True)),
+        estimate=rows_estimate(entry.table),
+    )

@@ -45,12 +45,13 @@ from rls_migrate.stages.policies import (
     ADMIN_POLICY,
     BASELINE_POLICY,
     TENANT_POLICY,
+    check_tenant_type,
     drop_legacy_recorders,
     install_recorders,
     observe_expression,
     tenant_match,
 )
-from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+from rls_migrate.steps import Estimate, Later, Lock, StagePlan, Step
 
 PAUSE_KIND = "enforce_pause"
 
@@ -165,47 +166,14 @@ def _require_bypassrls(admins: tuple[str, ...]) -> sql.Composed:
 
 def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
     entry = plan.entry
-    ident = entry.ident
+    check_tenant_type(ctx, entry)
     roles = ctx.playbook.roles
-    tenant, baseline, admin = (sql.Identifier(TENANT_POLICY), sql.Identifier(BASELINE_POLICY),
-                               sql.Identifier(ADMIN_POLICY))
-    match = tenant_match(ctx, entry)
-    statements: list[sql.Composable] = []
-    # The kill switch installs the recorders it points the policy at: it works even where
-    # they are gone, or are those of an older version.
-    inverse: list[sql.Composable] = [
-        *install_recorders(ctx, entry),
-        compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})", tenant, ident,
-                observe_expression(ctx, entry, "read"), observe_expression(ctx, entry, "write")),
-        *drop_legacy_recorders(ctx, entry),
-        *write_truth.install(ctx, entry)]
-    if roles.admin and roles.admin_mode == "bypassrls":
-        statements.append(_require_bypassrls(roles.admin))
-    statements.append(compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
-                              tenant, ident, match, match))
-    # Nothing flags statements any more: observe's write-truth triggers go (under the lock
-    # this step holds anyway); the kill switch puts them back.
-    statements += write_truth.remove(entry)
     parts = [f"enforce: {roles.app} sees its tenant's rows only"]
     if plan.replace_baseline:
-        # ALTER, not DROP: the baseline's presence is how observe's rollback knows it turned
-        # RLS on (and must turn it off again).
-        statements.append(compose("ALTER POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})",
-                                  baseline, ident, sql.Identifier(roles.app), match, match))
-        inverse.append(compose("ALTER POLICY {} ON {} TO PUBLIC USING (true) WITH CHECK (true)",
-                               baseline, ident))
         parts.append(f"baseline USING (true) narrowed to {roles.app}'s tenant")
     if plan.admin_policy:
-        admins = sep(", ").join(sql.Identifier(r) for r in roles.admin)
-        statements += [
-            compose("DROP POLICY IF EXISTS {} ON {}", admin, ident),
-            compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true)"
-                    " WITH CHECK (true)", admin, ident, admins)]
-        inverse.append(compose("DROP POLICY IF EXISTS {} ON {}", admin, ident))
         parts.append(f"{ADMIN_POLICY} USING (true) for {', '.join(roles.admin)}")
     if plan.force:
-        statements.append(compose("ALTER TABLE {} FORCE ROW LEVEL SECURITY", ident))
-        inverse.append(compose("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", ident))
         parts.append(f"FORCE ROW LEVEL SECURITY ({plan.force_reason})")
     return Step(
         id=f"enforce:{entry.qname}",
@@ -213,15 +181,69 @@ def _steps_for(ctx: PlanContext, plan: TableEnforcement) -> Step:
         kind="enforce_policy",
         table=entry.qname,
         description="; ".join(parts),
-        statements=tuple(statements),
+        statements=Later(lambda: _enforce_statements(ctx, plan)),
         lock=Lock.ACCESS_EXCLUSIVE,
-        done_check=enforced_check(plan),
-        inverse=tuple(inverse),
+        done_check=Later(lambda: enforced_check(plan)),
+        inverse=Later(lambda: _kill_switch(ctx, plan)),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         estimate=Estimate(seconds=0.01),
         why="the flip, gated on a clean observe report; its inverse is the kill switch "
             "(rollback --to observe)",
     )
+
+
+def _enforce_statements(ctx: PlanContext, plan: TableEnforcement) -> tuple[sql.Composable, ...]:
+    entry = plan.entry
+    ident = entry.ident
+    roles = ctx.playbook.roles
+    match = tenant_match(ctx, entry)
+    statements: list[sql.Composable] = []
+    if roles.admin and roles.admin_mode == "bypassrls":
+        statements.append(_require_bypassrls(roles.admin))
+    statements.append(compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
+                              sql.Identifier(TENANT_POLICY), ident, match, match))
+    # Nothing flags statements any more: observe's write-truth triggers go (under the lock
+    # this step holds anyway); the kill switch puts them back.
+    statements += write_truth.remove(entry)
+    if plan.replace_baseline:
+        # ALTER, not DROP: the baseline's presence is how observe's rollback knows it turned
+        # RLS on (and must turn it off again).
+        statements.append(compose("ALTER POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})",
+                                  sql.Identifier(BASELINE_POLICY), ident,
+                                  sql.Identifier(roles.app), match, match))
+    if plan.admin_policy:
+        admin = sql.Identifier(ADMIN_POLICY)
+        admins = sep(", ").join(sql.Identifier(r) for r in roles.admin)
+        statements += [
+            compose("DROP POLICY IF EXISTS {} ON {}", admin, ident),
+            compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true)"
+                    " WITH CHECK (true)", admin, ident, admins)]
+    if plan.force:
+        statements.append(compose("ALTER TABLE {} FORCE ROW LEVEL SECURITY", ident))
+    return tuple(statements)
+
+
+def _kill_switch(ctx: PlanContext, plan: TableEnforcement) -> tuple[sql.Composable, ...]:
+    """The inverse: back to observe. It installs the recorders it points the policy at, so
+    it works even where they are gone, or are those of an older version."""
+    entry = plan.entry
+    ident = entry.ident
+    inverse: list[sql.Composable] = [
+        *install_recorders(ctx, entry),
+        compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
+                sql.Identifier(TENANT_POLICY), ident, observe_expression(ctx, entry, "read"),
+                observe_expression(ctx, entry, "write")),
+        *drop_legacy_recorders(ctx, entry),
+        *write_truth.install(ctx, entry)]
+    if plan.replace_baseline:
+        inverse.append(compose("ALTER POLICY {} ON {} TO PUBLIC USING (true) WITH CHECK (true)",
+                               sql.Identifier(BASELINE_POLICY), ident))
+    if plan.admin_policy:
+        inverse.append(compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(ADMIN_POLICY),
+                               ident))
+    if plan.force:
+        inverse.append(compose("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", ident))
+    return tuple(inverse)
 
 
 def _pause(entry: TenantTable, check: sql.SQL | sql.Composed, seconds: float) -> Step:

@@ -32,13 +32,14 @@ from rls_migrate.stages.policies import (
     BASELINE_POLICY,
     OPERATIONS,
     TENANT_POLICY,
+    check_tenant_type,
     drop_legacy_recorders,
     install_recorders,
     observe_enables_rls,
     observe_expression,
     recorder_signature,
 )
-from rls_migrate.steps import Estimate, Lock, StagePlan, Step
+from rls_migrate.steps import Estimate, Later, Lock, StagePlan, Step
 
 PARAMETER_SETTING = "log_parameter_max_length_on_error"
 
@@ -64,9 +65,6 @@ def _notes(entry: TenantTable, enables: bool) -> list[str]:
 
 def plan(ctx: PlanContext) -> StagePlan:
     steps: list[Step] = []
-    app = sql.Identifier(ctx.playbook.roles.app)
-    tenant_policy = sql.Identifier(TENANT_POLICY)
-    baseline_policy = sql.Identifier(BASELINE_POLICY)
     notes: list[str] = [
         "while observing, statements that read a protected table run without parallel "
         "workers (the recorder keeps a per-statement marker, which parallel mode forbids); "
@@ -93,54 +91,73 @@ def plan(ctx: PlanContext) -> StagePlan:
                      "parameters cannot be replayed, and the enforce gate refuses them as "
                      "unconfirmable")
     for entry in (e for t in ctx.tenant_tables for e in with_partitions(ctx, t)):
-        ident = entry.ident
+        check_tenant_type(ctx, entry)
         enables = observe_enables_rls(entry)
         notes += _notes(entry, enables)
-        statements: list[sql.Composable] = install_recorders(ctx, entry)
-        statements += [
-            compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
-            compose("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({})"
-                    " WITH CHECK ({})", tenant_policy, ident, app,
-                    observe_expression(ctx, entry, "read"),
-                    observe_expression(ctx, entry, "write")),
-            *drop_legacy_recorders(ctx, entry),
-        ]
-        inverse: list[sql.Composable] = []
-        if enables:
-            statements += [
-                compose("DROP POLICY IF EXISTS {} ON {}", baseline_policy, ident),
-                compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO PUBLIC USING (true)"
-                        " WITH CHECK (true)", baseline_policy, ident),
-                compose("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", ident),
-            ]
-            inverse.append(compose("ALTER TABLE {} DISABLE ROW LEVEL SECURITY", ident))
-        inverse += [
-            compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
-            compose("DROP POLICY IF EXISTS {} ON {}", baseline_policy, ident),
-            *(compose("DROP FUNCTION IF EXISTS {}", recorder_signature(ctx, entry, operation))
-              for operation in OPERATIONS),
-        ]
-        steps.append(Step(
-            id=f"observe:{entry.qname}",
-            stage="observe",
-            kind="observe_policy",
-            table=entry.qname,
-            description="restrictive tenant policy in observe mode (records, never filters)"
-                        + (", a permissive baseline USING (true) and ENABLE ROW LEVEL SECURITY"
-                           if enables else " beside the table's own policies"),
-            statements=tuple(statements),
-            lock=Lock.ACCESS_EXCLUSIVE,
-            done_check=exists_sql(compose(
-                "SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid"
-                " WHERE c.oid = {} AND c.relrowsecurity AND p.polname = {}",
-                regclass_literal(entry.qname), sql.Literal(TENANT_POLICY))),
-            inverse=tuple(inverse),
-            inverse_lock=Lock.ACCESS_EXCLUSIVE,
-            estimate=Estimate(seconds=0.01),
-            why="the team sees every statement that would break before anything is enforced",
-        ))
+        steps.append(_policy_step(ctx, entry, enables))
         steps.append(write_truth.step(ctx, entry))
     return StagePlan("observe", tuple(steps), tuple(notes))
+
+
+def _policy_step(ctx: PlanContext, entry: TenantTable, enables: bool) -> Step:
+    return Step(
+        id=f"observe:{entry.qname}",
+        stage="observe",
+        kind="observe_policy",
+        table=entry.qname,
+        description="restrictive tenant policy in observe mode (records, never filters)"
+                    + (", a permissive baseline USING (true) and ENABLE ROW LEVEL SECURITY"
+                       if enables else " beside the table's own policies"),
+        statements=Later(lambda: _policy_statements(ctx, entry, enables)),
+        lock=Lock.ACCESS_EXCLUSIVE,
+        done_check=Later(lambda: exists_sql(compose(
+            "SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid"
+            " WHERE c.oid = {} AND c.relrowsecurity AND p.polname = {}",
+            regclass_literal(entry.qname), sql.Literal(TENANT_POLICY)))),
+        inverse=Later(lambda: _policy_inverse(ctx, entry, enables)),
+        inverse_lock=Lock.ACCESS_EXCLUSIVE,
+        estimate=Estimate(seconds=0.01),
+        why="the team sees every statement that would break before anything is enforced",
+    )
+
+
+def _policy_statements(ctx: PlanContext, entry: TenantTable,
+                       enables: bool) -> tuple[sql.Composable, ...]:
+    ident = entry.ident
+    tenant_policy = sql.Identifier(TENANT_POLICY)
+    baseline_policy = sql.Identifier(BASELINE_POLICY)
+    statements: list[sql.Composable] = install_recorders(ctx, entry)
+    statements += [
+        compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
+        compose("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({})"
+                " WITH CHECK ({})", tenant_policy, ident, sql.Identifier(ctx.playbook.roles.app),
+                observe_expression(ctx, entry, "read"),
+                observe_expression(ctx, entry, "write")),
+        *drop_legacy_recorders(ctx, entry),
+    ]
+    if enables:
+        statements += [
+            compose("DROP POLICY IF EXISTS {} ON {}", baseline_policy, ident),
+            compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO PUBLIC USING (true)"
+                    " WITH CHECK (true)", baseline_policy, ident),
+            compose("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", ident),
+        ]
+    return tuple(statements)
+
+
+def _policy_inverse(ctx: PlanContext, entry: TenantTable,
+                    enables: bool) -> tuple[sql.Composable, ...]:
+    ident = entry.ident
+    inverse: list[sql.Composable] = []
+    if enables:
+        inverse.append(compose("ALTER TABLE {} DISABLE ROW LEVEL SECURITY", ident))
+    inverse += [
+        compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(TENANT_POLICY), ident),
+        compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(BASELINE_POLICY), ident),
+        *(compose("DROP FUNCTION IF EXISTS {}", recorder_signature(ctx, entry, operation))
+          for operation in OPERATIONS),
+    ]
+    return tuple(inverse)
 
 
 def _role_setting(role: str, value: int | None) -> sql.Composed:

@@ -135,12 +135,21 @@ def tenant_value(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     if key == "text" and col == "uuid":
         return compose("CASE WHEN {raw} ~ {shape} THEN ({raw})::uuid END",
             raw=raw, shape=sql.Literal(_UUID_TEXT))
+    check_tenant_type(ctx, entry)
+    return compose("({})::{}", value, sql.SQL(col))
+
+
+def check_tenant_type(ctx: PlanContext, entry: TenantTable) -> None:
+    """Refuse a tenant column no tenant value can match. Stages call it while planning:
+    their statements are built later, when first read (see :class:`~rls_migrate.steps.Later`),
+    and a bad playbook must fail ``plan`` in every format, before anything runs."""
+    key = ctx.key_type
+    col = column_type(ctx, entry)
     if (key == "uuid" and col in _INTEGERS) or (key in _INTEGERS and col == "uuid"):
         raise PlaybookError(
             f"tables.{entry.qname}: its tenant column {entry.column} is {col}, but the tenant "
             f"key ({ctx.playbook.tenant.key}) is {key}: no tenant value can match both; "
             "convert the column, or correct tenant.key_type")
-    return compose("({})::{}", value, sql.SQL(col))
 
 
 def tenant_match(ctx: PlanContext, entry: TenantTable) -> sql.Composed:

@@ -60,7 +60,7 @@ from rls_migrate.stages.policies import (
     TENANT_POLICY,
     tenant_value,
 )
-from rls_migrate.steps import Estimate, Lock, Step
+from rls_migrate.steps import Estimate, Later, Lock, Step
 
 LOG_PREFIX = "rls_migrate write-truth "
 """What every write-truth log message starts with; a JSON object follows on the same line."""
@@ -233,10 +233,10 @@ def step(ctx: PlanContext, entry: TenantTable) -> Step:
                     "changed another tenant's row" + ("" if has_row_trigger(entry) else
                                                      " (statement trigger only: the rows "
                                                      "live in the partitions)"),
-        statements=tuple(install(ctx, entry)),
+        statements=Later(lambda: tuple(install(ctx, entry))),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
-        done_check=installed_check(entry),
-        inverse=tuple(remove(entry)),
+        done_check=Later(lambda: installed_check(entry)),
+        inverse=Later(lambda: tuple(remove(entry))),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         estimate=Estimate(seconds=0.01),
         why="replay cannot judge a DELETE or UPDATE whose rows are gone; the rows' tenants "

@@ -31,7 +31,7 @@ from rls_migrate.stages.common import (
     regclass_literal,
     with_partitions,
 )
-from rls_migrate.steps import Estimate, Lock, Step
+from rls_migrate.steps import Estimate, Later, Lock, Step
 
 MAX_COLUMNS = 8
 """PostgreSQL's limit on the columns of one statistics object."""
@@ -71,38 +71,45 @@ def statistics_steps(ctx: PlanContext, entry: TenantTable) -> list[Step]:
     for target in with_partitions(ctx, entry):
         if target.table.is_partitioned:
             continue
-        names = [statistics_name(target.qname, link) for link in wanted]
+        steps.append(_step(entry, target, wanted))
+    return steps
+
+
+def _step(entry: TenantTable, target: TenantTable, wanted: list[tuple[str, ...]]) -> Step:
+    names = [statistics_name(target.qname, link) for link in wanted]
+
+    def statements() -> tuple[sql.Composable, ...]:
         columns = sorted({c for link in wanted for c in link} | {entry.column})
         creates = tuple(
             compose("CREATE STATISTICS IF NOT EXISTS {} (dependencies) ON {} FROM {}",
                     sql.Identifier(target.qname.schema, name),
                     columns_sql((*link, entry.column)), target.ident)
             for name, link in zip(names, wanted, strict=True))
-        steps.append(Step(
-            id=f"tenant_statistics:{target.qname}",
-            stage="index",
-            kind="tenant_statistics",
-            table=target.qname,
-            description="dependencies statistics on " + ", ".join(
-                f"({', '.join((*link, entry.column))})" for link in wanted)
-                + ", then ANALYZE of those columns",
-            statements=(*creates, compose("ANALYZE {} ({})", target.ident,
-                                          columns_sql(columns))),
-            # SHARE UPDATE EXCLUSIVE: reads and writes go on. One transaction, so that a
-            # statistics object exists only once ANALYZE has filled it (ANALYZE may run in
-            # one): the done check can then be "they exist", also for an empty table, where
-            # ANALYZE builds nothing. A weak lock: no ddl_statement_timeout on the sample.
-            lock=Lock.SHARE_UPDATE_EXCLUSIVE,
-            done_check=_exist_check(target.qname, names),
-            inverse=(compose("DROP STATISTICS IF EXISTS {}", sep(", ").join(
-                sql.Identifier(target.qname.schema, n) for n in names)),),
-            inverse_lock=Lock.SHARE_UPDATE_EXCLUSIVE,
-            estimate=Estimate(seconds=0.1),
-            why="the policy's tenant comparison and a filter on the link to the parent are "
-                "not independent: without these statistics the planner multiplies their "
-                "selectivities and picks nested loops that run 10-70x longer",
-        ))
-    return steps
+        return (*creates, compose("ANALYZE {} ({})", target.ident, columns_sql(columns)))
+
+    return Step(
+        id=f"tenant_statistics:{target.qname}",
+        stage="index",
+        kind="tenant_statistics",
+        table=target.qname,
+        description="dependencies statistics on " + ", ".join(
+            f"({', '.join((*link, entry.column))})" for link in wanted)
+            + ", then ANALYZE of those columns",
+        statements=Later(statements),
+        # SHARE UPDATE EXCLUSIVE: reads and writes go on. One transaction, so that a
+        # statistics object exists only once ANALYZE has filled it (ANALYZE may run in
+        # one): the done check can then be "they exist", also for an empty table, where
+        # ANALYZE builds nothing. A weak lock: no ddl_statement_timeout on the sample.
+        lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+        done_check=Later(lambda: _exist_check(target.qname, names)),
+        inverse=Later(lambda: (compose("DROP STATISTICS IF EXISTS {}", sep(", ").join(
+            sql.Identifier(target.qname.schema, n) for n in names)),)),
+        inverse_lock=Lock.SHARE_UPDATE_EXCLUSIVE,
+        estimate=Estimate(seconds=0.1),
+        why="the policy's tenant comparison and a filter on the link to the parent are "
+            "not independent: without these statistics the planner multiplies their "
+            "selectivities and picks nested loops that run 10-70x longer",
+    )
 
 
 def _exist_check(qname: QualifiedName, names: list[str]) -> sql.Composed:

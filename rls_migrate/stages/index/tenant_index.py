@@ -20,7 +20,7 @@ from rls_migrate.stages.common import (
 )
 from rls_migrate.stages.index.shapes import INDEX_SUFFIX, IndexShape, shape_of
 from rls_migrate.stages.index.usage import scans_of, usage_decided
-from rls_migrate.steps import Estimate, Lock, Step
+from rls_migrate.steps import Estimate, Later, Lock, Step
 
 
 def index_ready_check(qname: QualifiedName, name: str, unique: bool = False) -> sql.Composed:
@@ -113,16 +113,16 @@ def create_step(table: Table | None, qname: QualifiedName, name: str, shape: Ind
         kind="create_index",
         table=qname,
         description=description or f"CREATE {kind} CONCURRENTLY {name} ({shape.describe()})",
-        statements=(
+        statements=Later(lambda: (
             # Reached only when the index is missing or INVALID (done_check): drop a
             # leftover of a failed or killed build first.
             compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),
             shape.create(name, qname, unique=unique),
-        ),
+        )),
         lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         transactional=False,
-        done_check=index_ready_check(qname, name, unique),
-        inverse=(compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),),
+        done_check=Later(lambda: index_ready_check(qname, name, unique)),
+        inverse=Later(lambda: (compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),)),
         inverse_transactional=False,
         inverse_lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         estimate=_index_estimate(table),

@@ -30,7 +30,7 @@ from rls_migrate.outcomes import StepOutcome, now
 from rls_migrate.sqlcompose import compose
 from rls_migrate.stages.common import PlanContext, TenantTable
 from rls_migrate.stages.index.shapes import is_ours
-from rls_migrate.steps import Estimate, Step
+from rls_migrate.steps import Estimate, Later, Step
 
 KIND = "pin_index_usage"
 
@@ -68,8 +68,8 @@ def pin_step(ctx: PlanContext, entry: TenantTable) -> Step | None:
         table=entry.qname,
         description=f"record the usage its twins are decided from: {listed}",
         # Read only: the handler journals what it returns (the outcome's details).
-        statements=(compose("SELECT {}::jsonb AS usage",
-                            sql.Literal(json.dumps(usage, sort_keys=True))),),
+        statements=Later(lambda: (compose("SELECT {}::jsonb AS usage",
+                                          sql.Literal(json.dumps(usage, sort_keys=True))),)),
         # No done check in the database: the journal has it done (or not). No inverse:
         # the record is history, and a rollback plans from it like the apply did.
         estimate=Estimate(seconds=0.001),
