@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 import psycopg
@@ -217,7 +219,7 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
       rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
     from rls_migrate.planner import build_plan, without_cyclic_gc
-    from rls_migrate.render import RENDERERS, render_json
+    from rls_migrate.render import render_json, write_plan
 
     if pretty and (fmt != "json" or target != "rls"):
         raise UsageError("--pretty applies to --format json only")
@@ -225,14 +227,14 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
         raise UsageError("--stage does not go with --target citus (the readiness report "
                          "covers every table)")
     pb, resolved = _load(playbook, dsn)
-    with connect(resolved) as conn, without_cyclic_gc():
+    with connect(resolved) as conn, without_cyclic_gc(), _plan_output(output) as out:
         catalog = Catalog.load(conn, schemas=pb.schemas)
         if target == "citus":
             from rls_migrate.citus.readiness import readiness_of
             from rls_migrate.citus.render import RENDERERS as CITUS
 
-            text = CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
-                              conn)
+            out.write(CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
+                                 conn))
         else:
             the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
             if not no_preflight:
@@ -240,18 +242,31 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
 
                 the_plan = with_preflight(conn, catalog, pb, the_plan)
             if pretty:
-                text = render_json(the_plan, catalog, conn, pretty=True)
+                out.write(render_json(the_plan, catalog, conn, pretty=True))
             else:
-                text = RENDERERS[fmt](the_plan, catalog, conn)
+                write_plan(out, fmt, the_plan, catalog, conn)
             # Freed by reference counting while the cyclic collector is still off: back on
             # with the plan alive, its first pass would walk a million objects for nothing.
             del the_plan
         del catalog
     if output:
-        output.write_text(text)
         click.echo(f"wrote {output}")
-    else:
-        click.echo(text, nl=False)
+
+
+@contextlib.contextmanager
+def _plan_output(output: Path | None) -> Iterator[TextIO]:
+    """Where ``plan`` writes, piece by piece as it renders: stdout, or ``output`` through a
+    file beside it renamed into place at the end (never a half-written plan file)."""
+    if output is None:
+        yield sys.stdout
+        return
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as out:
+            yield out
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- apply / status / rollback

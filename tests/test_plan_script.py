@@ -126,6 +126,8 @@ def test_every_invocation_succeeds_quietly(outputs: Outputs) -> None:
         assert run.returncode == 0, (name, run.stderr)
         assert "Traceback" not in run.stderr, name
     assert outputs.runs["sql"].stdout.strip() == "wrote plan.sql"
+    # Written as it renders, through a file renamed into place: nothing else is left.
+    assert not [p.name for p in outputs.workdir.iterdir() if p.name.endswith(".partial")]
 
 
 # --------------------------------------------------------------------------- the SQL script

@@ -251,3 +251,10 @@ def test_a_tenant_column_no_tenant_value_matches_fails_plan_in_every_format(
     result = subprocess.run([CLI, "plan", "bad.yaml", "--dsn", db.dsn, "--format", fmt],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert_one_error(result, UUID_KEY)
+    # With -o, the plan is written as it renders, to a file renamed into place at the end:
+    # a failure leaves neither the file nor a part of it.
+    result = subprocess.run([CLI, "plan", "bad.yaml", "--dsn", db.dsn, "--format", fmt,
+                             "-o", "plan.out"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert_one_error(result, UUID_KEY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

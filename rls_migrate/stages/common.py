@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Sequence
-from typing import Any, LiteralString
+from collections.abc import Callable, Sequence
+from typing import Any, LiteralString, TypeVar
 
 from psycopg import sql
 
@@ -17,6 +17,8 @@ from rls_migrate.playbook import ParentRef, Playbook, TablePlan
 from rls_migrate.sqlcompose import compose, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
+
+T = TypeVar("T")
 
 TOOLKIT_SCHEMA = "rls_migrate"
 MAX_IDENT = 63
@@ -160,6 +162,15 @@ class PlanContext:
         """What stages build alike from this context, built once (observe and enforce
         install the same recorder functions)."""
         return {}
+
+    def once(self, key: tuple[object, ...], build: Callable[[], T]) -> T:
+        """``build()``, built once per plan under ``key``: what two stages build alike is then
+        one object (observe's statements and the kill switch's), rendered once too."""
+        memo = self.memo
+        if key in memo:
+            return memo[key]  # type: ignore[no-any-return]
+        found = memo[key] = build()
+        return found
 
     @functools.cached_property
     def root(self) -> QualifiedName:

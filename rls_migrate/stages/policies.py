@@ -184,6 +184,14 @@ def legacy_recorder_signature(ctx: PlanContext, entry: TenantTable,
 
 
 def observe_expression(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
+    """:func:`build_observe_expression`, built once per plan (observe's policy and the kill
+    switch's)."""
+    return ctx.once(("observe_expression", entry.qname, operation),
+                    lambda: build_observe_expression(ctx, entry, operation))
+
+
+def build_observe_expression(ctx: PlanContext, entry: TenantTable,
+                             operation: str) -> sql.Composed:
     """True for every row (unless :data:`MODE_SETTING` is ``enforce``); the first row the
     enforced policy would reject calls the recorder, once per statement (an InitPlan).
 
@@ -347,18 +355,23 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
 def install_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
     """Both recorders of a table, callable by everyone (policies run as the querying
     role), and the per-row recorders of earlier versions gone."""
-    out: list[sql.Composable] = []
-    for operation in OPERATIONS:
-        out += [recorder_function(ctx, entry, operation),
-                compose("GRANT EXECUTE ON FUNCTION {} TO PUBLIC",
-                    recorder_signature(ctx, entry, operation))]
-    return out
+
+    def build() -> tuple[sql.Composable, ...]:
+        out: list[sql.Composable] = []
+        for operation in OPERATIONS:
+            out += [recorder_function(ctx, entry, operation),
+                    compose("GRANT EXECUTE ON FUNCTION {} TO PUBLIC",
+                        recorder_signature(ctx, entry, operation))]
+        return tuple(out)
+
+    return list(ctx.once(("install_recorders", entry.qname), build))
 
 
 def drop_legacy_recorders(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
     """After the policy stopped calling them (a function a policy uses cannot be dropped)."""
-    return [compose("DROP FUNCTION IF EXISTS {}",
-        legacy_recorder_signature(ctx, entry, operation)) for operation in OPERATIONS]
+    return list(ctx.once(("drop_legacy_recorders", entry.qname), lambda: tuple(
+        compose("DROP FUNCTION IF EXISTS {}", legacy_recorder_signature(ctx, entry, operation))
+        for operation in OPERATIONS)))
 
 
 def tenant_policy_exists(entry: TenantTable) -> sql.Composed:

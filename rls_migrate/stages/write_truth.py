@@ -172,7 +172,13 @@ def has_row_trigger(entry: TenantTable) -> bool:
 
 
 def install(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
-    """The functions and both triggers (the row trigger only where rows live)."""
+    """The functions and both triggers (the row trigger only where rows live); built once
+    per plan (observe installs them, the kill switch puts them back)."""
+    return list(ctx.once(("write_truth.install", entry.qname),
+                         lambda: tuple(_install(ctx, entry))))
+
+
+def _install(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
     ident = entry.ident
     out: list[sql.Composable] = [statement_function_sql(ctx, entry)]
     if has_row_trigger(entry):
