@@ -146,15 +146,17 @@ class BackfillSpec:
     uses_ctid: bool
     column: str
     parent: QualifiedName | None
-    batch_sql: Query
-    first_batch_sql: Query
-    next_key_sql: Query
-    first_next_key_sql: Query
-    max_key_sql: Query
-    remaining_sql: Query
-    single_statement_sql: Query  # the whole fill as one UPDATE (SQL scripts, benchmarks)
-    orphans_sql: Query | None
-    conflicts_sql: Query | None
+    # The statements (each may be given as a Later: built when first read).
+    batch_sql: Built[Query] = Built()
+    first_batch_sql: Built[Query] = Built()
+    next_key_sql: Built[Query] = Built()
+    first_next_key_sql: Built[Query] = Built()
+    max_key_sql: Built[Query] = Built()
+    remaining_sql: Built[Query] = Built()
+    # The whole fill as one UPDATE (SQL scripts, benchmarks).
+    single_statement_sql: Built[Query] = Built()
+    orphans_sql: Built[Query | None] = Built()
+    conflicts_sql: Built[Query | None] = Built()
     # Planner settings each batch transaction sets locally: the join strategy that keeps a
     # batch from reading the whole parent (see stages/backfill.py: HASH_GATHERED for
     # batches that gather their parents first, PROBE_PARENT for the others).

@@ -59,109 +59,151 @@ def _key_text(columns: Sequence[str], alias: str) -> sql.Composed:
 
 
 def build_spec(ctx: PlanContext, entry: TenantTable) -> BackfillSpec:
+    """The table's backfill; each statement is built when first read (``plan`` prints one
+    of them, ``apply`` runs them all)."""
     assert entry.parent is not None and entry.parent_column is not None
-    table = entry.table
-    t = entry.ident
-    col = sql.Identifier(entry.column)
-    parent = entry.parent.qname.ident
-    match = ctx.parent_match(entry, "c")
-    # The parent's tenant as this table's column type (an integer root under bigint
-    # parents, a text key): cast where the two differ.
-    ptenant = ctx.parent_tenant_sql(entry)
-    fill = compose("UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p WHERE {match}",
-                   t=t, col=col, ptenant=ptenant, parent=parent, match=match)
-    # A row whose parent is gone, or whose parent has no tenant either, cannot get one.
-    no_parent = compose(
-        "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)",
-        parent=parent, match=match, pcol=sql.Identifier(entry.parent_column))
-    ahead: Query
-    first_ahead: Query
-    max_key: Query
-    sample_key: Query
-    batch: Query
-    first: Query
-    probe = _parent_indexed(ctx, entry)
-    gather = probe and len(entry.parent.columns) == 1
-    settings: tuple[tuple[str, str], ...] = ()
-    range_uses = 1
-    if table.primary_key:
-        keys = table.primary_key
-        types = [table.column(k).type for k in keys]  # type: ignore[union-attr]
-        order = sep(", ").join(sql.Identifier("c", k) for k in keys)
-
-        def fill_range(first: bool) -> sql.Composed:
-            # The gathering form reads the key range once more, to collect the parents.
-            head = (_gathering_fill(ctx, entry, t, col, parent, match,
-                                    _key_range(keys, types, "k", first=first))
-                    if gather else fill)
-            return compose("{} AND {} AND c.{} IS NULL",
-                head, _key_range(keys, types, "c", first=first), col)
-
-        batch, first = fill_range(False), fill_range(True)
-        if gather:
-            settings, range_uses = HASH_GATHERED, 2
-        else:
-            settings = PROBE_PARENT if probe else ()
-
-        def key_ahead(first: bool) -> sql.Composed:
-            # The key `size` rows after lo (from the start for the first batch), within the
-            # pass's bound.
-            return compose(
-                "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1",
-                txt=_key_text(keys, "c"), t=t, order=order,
-                range=_key_range(keys, types, "c", first=first))
-
-        ahead, first_ahead = key_ahead(False), key_ahead(True)
-        max_key = compose("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1",
-                          txt=_key_text(keys, "c"), t=t,
-                          desc=sep(", ").join(compose("{} DESC", sql.Identifier("c", k))
-                                                  for k in keys))
-        sample_key = compose("concat_ws(',', {})", _key_text(keys, "c"))
-        uses_ctid = False
-        integer_key = len(keys) == 1 and types[0] in INTEGER_TYPES
-    else:
-        refuse_unbatchable(entry)
-        keys = ("ctid",)
-        ctid = sql.SQL("c.ctid")
-
-        batch = compose("{fill} AND {ctid} >= %s::tid AND {ctid} < %s::tid AND c.{col} IS NULL",
-                        fill=fill, ctid=ctid, col=col)
-        settings = PROBE_PARENT if probe else ()
-        first = batch
-        # ctid batches count pages: the "key ahead" is simply lo + n pages.
-        ahead = sql.SQL("SELECT (%s::bigint + %s::bigint)::text")
-        first_ahead = sql.SQL("SELECT %s::bigint::text")
-        max_key = compose(
-            "SELECT (pg_relation_size({reg}) / current_setting('block_size')::bigint + 1)::text",
-            reg=sql.Literal(regclass_text(entry.qname)))
-        sample_key = sql.SQL("c.ctid::text")
-        uses_ctid = True
-        integer_key = False
-    remaining = compose("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL", t=t, col=col)
-    orphans = compose(
-        "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
-        " AND {no_parent}", key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, col=col,
-                                   no_parent=no_parent)
-    # One scan for two findings: conflicts (a key that differs from the parent's) and
-    # unfilled rows (no key although the parent has one: written by a transaction that read
-    # the parent before the parent's backfill committed; another pass fills them).
-    conflicts = compose(
-        "SELECT count(*) FILTER (WHERE c.{col} IS NOT NULL),"
-        " (array_agg({key}) FILTER (WHERE c.{col} IS NOT NULL))[1:{n}],"
-        " count(*) FILTER (WHERE c.{col} IS NULL),"
-        " (array_agg({key}) FILTER (WHERE c.{col} IS NULL))[1:{n}]"
-        " FROM {t} AS c JOIN {parent} AS p ON {match}"
-        " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}",
-        key=sample_key, n=sql.Literal(SAMPLE_SIZE), t=t, parent=parent, match=match, col=col,
-        pcol=sql.Identifier(entry.parent_column), ptenant=ptenant)
+    refuse_unbatchable(entry)
+    q = _Statements(ctx, entry)
+    keyed = bool(entry.table.primary_key)
+    gather = keyed and q.gather
+    keys = entry.table.primary_key or ("ctid",)
     return BackfillSpec(
-        table=entry.qname, key_columns=tuple(keys), uses_ctid=uses_ctid, column=entry.column,
-        parent=entry.parent.qname, batch_sql=batch, first_batch_sql=first, next_key_sql=ahead,
-        first_next_key_sql=first_ahead, max_key_sql=max_key, remaining_sql=remaining,
-        single_statement_sql=compose("{} AND c.{} IS NULL", fill, col),
-        orphans_sql=orphans, conflicts_sql=conflicts,
-        batch_settings=settings, range_uses=range_uses, integer_key=integer_key,
+        table=entry.qname, key_columns=tuple(keys), uses_ctid=not keyed, column=entry.column,
+        parent=entry.parent.qname, batch_sql=Later(q.batch),
+        first_batch_sql=Later(q.first_batch), next_key_sql=Later(q.next_key),
+        first_next_key_sql=Later(q.first_next_key), max_key_sql=Later(q.max_key),
+        remaining_sql=Later(q.remaining), single_statement_sql=Later(q.single_statement),
+        orphans_sql=Later(q.orphans), conflicts_sql=Later(q.conflicts),
+        batch_settings=HASH_GATHERED if gather else PROBE_PARENT if q.probe else (),
+        range_uses=2 if gather else 1,
+        integer_key=keyed and len(keys) == 1 and q.types[0] in INTEGER_TYPES,
         orphans=ctx.playbook.orphans_for(entry.qname))
+
+
+class _Statements:
+    """The statements of one table's backfill, each built on request, from pieces built
+    once. Keyed tables walk their primary key; tables without one walk physical pages
+    (ctid ranges)."""
+
+    def __init__(self, ctx: PlanContext, entry: TenantTable) -> None:
+        assert entry.parent is not None and entry.parent_column is not None
+        self.ctx, self.entry, self.parent_ref = ctx, entry, entry.parent
+        self.parent_column = entry.parent_column
+        self.keys = entry.table.primary_key
+        self.probe = _parent_indexed(ctx, entry)
+        self.gather = self.probe and len(entry.parent.columns) == 1
+
+    @functools.cached_property
+    def types(self) -> list[str]:
+        return [self.entry.table.column(k).type for k in self.keys]  # type: ignore[union-attr]
+
+    @functools.cached_property
+    def col(self) -> sql.Identifier:
+        return sql.Identifier(self.entry.column)
+
+    @functools.cached_property
+    def match(self) -> sql.Composable:
+        return self.ctx.parent_match(self.entry, "c")
+
+    @functools.cached_property
+    def ptenant(self) -> sql.Composable:
+        # The parent's tenant as this table's column type (an integer root under bigint
+        # parents, a text key): cast where the two differ.
+        return self.ctx.parent_tenant_sql(self.entry)
+
+    @functools.cached_property
+    def fill(self) -> sql.Composed:
+        return compose("UPDATE {t} AS c SET {col} = {ptenant} FROM {parent} AS p WHERE {match}",
+                       t=self.entry.ident, col=self.col, ptenant=self.ptenant,
+                       parent=self.parent_ref.qname.ident, match=self.match)
+
+    @functools.cached_property
+    def sample_key(self) -> sql.Composable:
+        if not self.keys:
+            return sql.SQL("c.ctid::text")
+        return compose("concat_ws(',', {})", _key_text(self.keys, "c"))
+
+    def _fill_range(self, first: bool) -> sql.Composed:
+        if not self.keys:
+            return compose(
+                "{fill} AND {ctid} >= %s::tid AND {ctid} < %s::tid AND c.{col} IS NULL",
+                fill=self.fill, ctid=sql.SQL("c.ctid"), col=self.col)
+        # The gathering form reads the key range once more, to collect the parents.
+        head = (_gathering_fill(self.ctx, self.entry, self.entry.ident, self.col,
+                                self.parent_ref.qname.ident, self.match,
+                                _key_range(self.keys, self.types, "k", first=first))
+                if self.gather else self.fill)
+        return compose("{} AND {} AND c.{} IS NULL",
+            head, _key_range(self.keys, self.types, "c", first=first), self.col)
+
+    def batch(self) -> Query:
+        return self._fill_range(False)
+
+    def first_batch(self) -> Query:
+        # A ctid batch has no "first" form: every batch takes both page bounds.
+        return self._fill_range(bool(self.keys))
+
+    def _key_ahead(self, first: bool) -> Query:
+        if not self.keys:
+            # ctid batches count pages: the "key ahead" is simply lo + n pages.
+            return sql.SQL("SELECT %s::bigint::text" if first
+                           else "SELECT (%s::bigint + %s::bigint)::text")
+        # The key `size` rows after lo (from the start for the first batch), within the
+        # pass's bound.
+        return compose(
+            "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1",
+            txt=_key_text(self.keys, "c"), t=self.entry.ident,
+            order=sep(", ").join(sql.Identifier("c", k) for k in self.keys),
+            range=_key_range(self.keys, self.types, "c", first=first))
+
+    def next_key(self) -> Query:
+        return self._key_ahead(False)
+
+    def first_next_key(self) -> Query:
+        return self._key_ahead(True)
+
+    def max_key(self) -> Query:
+        if not self.keys:
+            return compose(
+                "SELECT (pg_relation_size({reg}) / current_setting('block_size')::bigint + 1)"
+                "::text", reg=sql.Literal(regclass_text(self.entry.qname)))
+        return compose("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1",
+                       txt=_key_text(self.keys, "c"), t=self.entry.ident,
+                       desc=sep(", ").join(compose("{} DESC", sql.Identifier("c", k))
+                                           for k in self.keys))
+
+    def remaining(self) -> Query:
+        return compose("SELECT count(*) FROM {t} AS c WHERE c.{col} IS NULL",
+                       t=self.entry.ident, col=self.col)
+
+    def single_statement(self) -> Query:
+        return compose("{} AND c.{} IS NULL", self.fill, self.col)
+
+    def orphans(self) -> Query | None:
+        # A row whose parent is gone, or whose parent has no tenant either, cannot get one.
+        no_parent = compose(
+            "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)",
+            parent=self.parent_ref.qname.ident, match=self.match,
+            pcol=sql.Identifier(self.parent_column))
+        return compose(
+            "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
+            " AND {no_parent}", key=self.sample_key, n=sql.Literal(SAMPLE_SIZE),
+            t=self.entry.ident, col=self.col, no_parent=no_parent)
+
+    def conflicts(self) -> Query | None:
+        # One scan for two findings: conflicts (a key that differs from the parent's) and
+        # unfilled rows (no key although the parent has one: written by a transaction that
+        # read the parent before the parent's backfill committed; another pass fills them).
+        return compose(
+            "SELECT count(*) FILTER (WHERE c.{col} IS NOT NULL),"
+            " (array_agg({key}) FILTER (WHERE c.{col} IS NOT NULL))[1:{n}],"
+            " count(*) FILTER (WHERE c.{col} IS NULL),"
+            " (array_agg({key}) FILTER (WHERE c.{col} IS NULL))[1:{n}]"
+            " FROM {t} AS c JOIN {parent} AS p ON {match}"
+            " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}",
+            key=self.sample_key, n=sql.Literal(SAMPLE_SIZE), t=self.entry.ident,
+            parent=self.parent_ref.qname.ident, match=self.match, col=self.col,
+            pcol=sql.Identifier(self.parent_column), ptenant=self.ptenant)
 
 
 def _gathering_fill(
@@ -294,7 +336,7 @@ def plan(ctx: PlanContext) -> StagePlan:
 
 def _step(ctx: PlanContext, entry: TenantTable, key_columns: Sequence[str], est: Estimate,
           risks: tuple[str, ...]) -> Step:
-    spec = functools.cache(lambda: build_spec(ctx, entry))
+    spec = build_spec(ctx, entry)  # cheap: its statements are built when first read
     return Step(
         id=f"backfill:{entry.qname}",
         stage="backfill",
@@ -303,7 +345,7 @@ def _step(ctx: PlanContext, entry: TenantTable, key_columns: Sequence[str], est:
         description=f"fill {entry.column} from {entry.parent.qname if entry.parent else ''} in "
                     f"keyset batches of ~{ctx.playbook.options.backfill.batch_target:.0f} ms "
                     f"on ({', '.join(key_columns)})",
-        statements=Later(lambda: (spec().batch_sql,)),
+        statements=Later(lambda: (spec.batch_sql,)),
         lock=Lock.ROW_EXCLUSIVE,
         done_check=Later(lambda: compose("SELECT NOT EXISTS ({})", compose(
             "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
@@ -311,5 +353,5 @@ def _step(ctx: PlanContext, entry: TenantTable, key_columns: Sequence[str], est:
         estimate=est,
         risks=risks,
         why="each batch is its own short transaction: row locks last milliseconds",
-        backfill=Later(spec),
+        backfill=spec,
     )
