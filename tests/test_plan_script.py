@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from plan_helpers import execute, load_catalog, q, sample_factory, sample_playbook
 from psycopg import sql
 
@@ -24,7 +26,7 @@ from rls_migrate.catalog import QualifiedName
 from rls_migrate.cli import cli, main
 from rls_migrate.planner import build_plan
 from rls_migrate.playbook import dump_playbook
-from rls_migrate.render import render_sql
+from rls_migrate.render import _compact_json, render_sql
 from rls_migrate.steps import STAGES, Plan, StagePlan, Step
 from rls_migrate.testing import servers
 
@@ -279,6 +281,23 @@ def test_json_is_one_line_per_step_unless_pretty(outputs: Outputs) -> None:
     pretty = outputs.runs["json-pretty"].stdout
     assert json.loads(pretty) == data
     assert '\n  "stages": [' in pretty
+
+
+_JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.text()
+_JSON = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(_JSON)
+def test_compact_json_writes_what_json_dumps_writes(value: object) -> None:
+    """The plan's compact json comes from pydantic's encoder (three times faster): the same
+    text as ``json.dumps`` with compact separators, non-ASCII escaped."""
+    assert _compact_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_compact_json_floats_read_back_the_same(value: float) -> None:
+    assert json.loads(_compact_json({"seconds": value})) == {"seconds": value}
 
 
 def test_pretty_is_for_json_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
