@@ -218,8 +218,7 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
       rls-migrate plan playbooks/app.yaml --target citus             # Citus readiness
       rls-migrate plan playbooks/app.yaml --target citus --format sql -o runbook.sql
     """
-    from rls_migrate.planner import build_plan, without_cyclic_gc
-    from rls_migrate.render import render_json, write_plan
+    from rls_migrate.gcpause import without_cyclic_gc
 
     if pretty and (fmt != "json" or target != "rls"):
         raise UsageError("--pretty applies to --format json only")
@@ -228,19 +227,19 @@ def plan(playbook: Path, dsn: str | None, stages: tuple[str, ...], fmt: str, pre
                          "covers every table)")
     pb, resolved = _load(playbook, dsn)
     with connect(resolved) as conn, without_cyclic_gc(), _plan_output(output) as out:
-        catalog = Catalog.load(conn, schemas=pb.schemas)
         if target == "citus":
             from rls_migrate.citus.readiness import readiness_of
             from rls_migrate.citus.render import RENDERERS as CITUS
 
+            catalog = Catalog.load(conn, schemas=pb.schemas)
             out.write(CITUS[fmt](readiness_of(catalog, pb, source=str(playbook), conn=conn),
                                  conn))
         else:
-            the_plan = build_plan(catalog, pb, stages or None, source=str(playbook))
-            if not no_preflight:
-                from rls_migrate.preflight import with_preflight
+            from rls_migrate.planning import read_and_plan
+            from rls_migrate.render import render_json, write_plan
 
-                the_plan = with_preflight(conn, catalog, pb, the_plan)
+            catalog, the_plan = read_and_plan(conn, pb, stages or None, source=str(playbook),
+                                              preflight=not no_preflight)
             if pretty:
                 out.write(render_json(the_plan, catalog, conn, pretty=True))
             else:

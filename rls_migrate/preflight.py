@@ -437,10 +437,16 @@ def risks(findings: list[TableFindings], playbook: Playbook) -> list[str]:
     return [line for f in findings for line in describe(f, playbook)]
 
 
+def preflight_risks(conn: psycopg.Connection[Any], catalog: Catalog,
+                    playbook: Playbook) -> list[str]:
+    """The preflight's findings as the plan's risk lines."""
+    return risks(run_preflight(conn, PlanContext(catalog, playbook)), playbook)
+
+
 def with_preflight(conn: psycopg.Connection[Any], catalog: Catalog, playbook: Playbook,
                    plan: Plan) -> Plan:
     """``plan`` with the preflight's findings appended to its risks."""
-    found = risks(run_preflight(conn, PlanContext(catalog, playbook)), playbook)
+    found = preflight_risks(conn, catalog, playbook)
     return dataclasses.replace(plan, risks=(*plan.risks, *found))
 
 

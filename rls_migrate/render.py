@@ -109,8 +109,9 @@ def json_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]
 
 def _compact_json(value: Any) -> str:
     """``json.dumps(value, separators=(",", ":"))``, three times faster (pydantic's encoder;
-    non-ASCII escaped as json.dumps does). Floats may spell an exponent differently
-    (``1e-7`` for ``1e-07``): the same number to any JSON reader."""
+    non-ASCII escaped as json.dumps does). The same value to any JSON reader, not always the
+    same text: DEL (0x7f) is written as itself, floats may spell an exponent differently
+    (``1e-7`` for ``1e-07``)."""
     return pydantic_core.to_json(value, ensure_ascii=True).decode()
 
 
