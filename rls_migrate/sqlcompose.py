@@ -70,6 +70,14 @@ class _Separator:
         return composed(out)
 
 
+@functools.lru_cache(maxsize=65536)
+def identifier(*names: str) -> sql.Identifier:
+    """``sql.Identifier(*names)``, one object per name: an Identifier checks its arguments
+    when made (a microsecond), and planning 1,000 tables asks for the same few thousand
+    names about 100,000 times. Identifiers are immutable, so sharing them is safe."""
+    return sql.Identifier(*names)
+
+
 @functools.lru_cache(maxsize=64)
 def sep(text: LiteralString) -> _Separator:
     return _Separator(text)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -75,11 +75,11 @@ def _add_column_step(ctx: PlanContext, entry: TenantTable) -> Step:
         description=f"add {entry.column} {ctx.tenant_type(entry)} (nullable, no default: "
                     "a catalog-only change, no rewrite)",
         statements=Later(lambda: (compose("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-            entry.ident, sql.Identifier(entry.column), sql.SQL(ctx.tenant_type(entry))),)),
+            entry.ident, identifier(entry.column), sql.SQL(ctx.tenant_type(entry))),)),
         lock=Lock.ACCESS_EXCLUSIVE,
         done_check=Later(lambda: column_exists_check(entry.qname, entry.column)),
         inverse=Later(lambda: (compose("ALTER TABLE {} DROP COLUMN IF EXISTS {}",
-                                       entry.ident, sql.Identifier(entry.column)),)),
+                                       entry.ident, identifier(entry.column)),)),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         inverse_needs="drop_columns",
         estimate=Estimate(seconds=0.01),
@@ -104,12 +104,12 @@ def _tenant_fk_step(ctx: PlanContext, entry: TenantTable) -> Step:
         statements=Later(lambda: (compose(
             "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}"
             " ({}) DEFERRABLE INITIALLY DEFERRED NOT VALID", entry.ident,
-            sql.Identifier(fk), sql.Identifier(entry.column), root.ident,
-            sql.Identifier(ctx.playbook.tenant.key)),)),
+            identifier(fk), identifier(entry.column), root.ident,
+            identifier(ctx.playbook.tenant.key)),)),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
         done_check=Later(lambda: constraint_exists_check(entry.qname, fk)),
         inverse=Later(lambda: (compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
-                                       entry.ident, sql.Identifier(fk)),)),
+                                       entry.ident, identifier(fk)),)),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         why="the key must name an existing tenant; NOT VALID skips the scan of old rows",
     )
@@ -134,7 +134,7 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
             function_current_check(function_name("sync", entry.qname),
                                    body_text(sync_function_body(ctx, entry)))))),
         inverse=Later(lambda: (
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), entry.ident),
             compose("DROP FUNCTION IF EXISTS {}()", function_name("sync", entry.qname)),
         )),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
@@ -147,7 +147,7 @@ def _sync_statements(ctx: PlanContext, entry: TenantTable) -> tuple[sql.Composab
     assert entry.parent is not None
     ident = entry.ident
     fn = function_name("sync", entry.qname)
-    trigger = sql.Identifier(sync_trigger_name(entry))
+    trigger = identifier(sync_trigger_name(entry))
     return (
         create_function(fn, body_text(sync_function_body(ctx, entry))),
         compose("DROP TRIGGER IF EXISTS {} ON {}", trigger, ident),
@@ -185,9 +185,9 @@ def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
                     f"its tenant to the {entry.qname} row it points at",
         statements=(
             create_function(fn, body),
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), owner.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), owner.ident),
             compose("CREATE TRIGGER {} AFTER INSERT OR UPDATE OF {} ON {}"
-                    " FOR EACH ROW EXECUTE FUNCTION {}()", sql.Identifier(trigger),
+                    " FOR EACH ROW EXECUTE FUNCTION {}()", identifier(trigger),
                     columns_sql(watched), owner.ident, fn),
         ),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
@@ -195,7 +195,7 @@ def _owner_step(ctx: PlanContext, entry: TenantTable) -> Step:
             "SELECT ({}) AND ({})", trigger_exists_check(owner, trigger),
             function_current_check(fn, body))),
         inverse=(
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), owner.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), owner.ident),
             compose("DROP FUNCTION IF EXISTS {}()", fn),
         ),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,

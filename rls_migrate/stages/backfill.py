@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose, sep
+from rls_migrate.sqlcompose import compose, identifier, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -30,7 +30,7 @@ SAMPLE_SIZE = 10
 
 
 def _key_expr(columns: Sequence[str], alias: str) -> sql.Composable:
-    parts = [sql.Identifier(alias, c) for c in columns]
+    parts = [identifier(alias, c) for c in columns]
     if len(parts) == 1:
         return parts[0]
     return compose("({})", sep(", ").join(parts))
@@ -54,7 +54,7 @@ def _key_range(columns: Sequence[str], types: Sequence[str], alias: str, *, firs
 
 
 def _key_text(columns: Sequence[str], alias: str) -> sql.Composed:
-    return sep(", ").join(compose("{}::text", sql.Identifier(alias, c))
+    return sep(", ").join(compose("{}::text", identifier(alias, c))
                               for c in columns)
 
 
@@ -99,7 +99,7 @@ class _Statements:
 
     @functools.cached_property
     def col(self) -> sql.Identifier:
-        return sql.Identifier(self.entry.column)
+        return identifier(self.entry.column)
 
     @functools.cached_property
     def match(self) -> sql.Composable:
@@ -153,7 +153,7 @@ class _Statements:
         return compose(
             "SELECT {txt} FROM {t} AS c WHERE {range} ORDER BY {order} OFFSET %s LIMIT 1",
             txt=_key_text(self.keys, "c"), t=self.entry.ident,
-            order=sep(", ").join(sql.Identifier("c", k) for k in self.keys),
+            order=sep(", ").join(identifier("c", k) for k in self.keys),
             range=_key_range(self.keys, self.types, "c", first=first))
 
     def next_key(self) -> Query:
@@ -169,7 +169,7 @@ class _Statements:
                 "::text", reg=sql.Literal(regclass_text(self.entry.qname)))
         return compose("SELECT {txt} FROM {t} AS c ORDER BY {desc} LIMIT 1",
                        txt=_key_text(self.keys, "c"), t=self.entry.ident,
-                       desc=sep(", ").join(compose("{} DESC", sql.Identifier("c", k))
+                       desc=sep(", ").join(compose("{} DESC", identifier("c", k))
                                            for k in self.keys))
 
     def remaining(self) -> Query:
@@ -184,7 +184,7 @@ class _Statements:
         no_parent = compose(
             "NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {match} AND p.{pcol} IS NOT NULL)",
             parent=self.parent_ref.qname.ident, match=self.match,
-            pcol=sql.Identifier(self.parent_column))
+            pcol=identifier(self.parent_column))
         return compose(
             "SELECT count(*), (array_agg({key}))[1:{n}] FROM {t} AS c WHERE c.{col} IS NULL"
             " AND {no_parent}", key=self.sample_key, n=sql.Literal(SAMPLE_SIZE),
@@ -203,7 +203,7 @@ class _Statements:
             " WHERE p.{pcol} IS NOT NULL AND c.{col} IS DISTINCT FROM {ptenant}",
             key=self.sample_key, n=sql.Literal(SAMPLE_SIZE), t=self.entry.ident,
             parent=self.parent_ref.qname.ident, match=self.match, col=self.col,
-            pcol=sql.Identifier(self.parent_column), ptenant=self.ptenant)
+            pcol=identifier(self.parent_column), ptenant=self.ptenant)
 
 
 def _gathering_fill(
@@ -219,7 +219,7 @@ def _gathering_fill(
     update."""
     assert entry.parent is not None and entry.parent_column is not None
     mine, theirs = ctx.link_types(entry)[0]
-    fk: sql.Composable = compose("k.{}", sql.Identifier(entry.parent.columns[0]))
+    fk: sql.Composable = compose("k.{}", identifier(entry.parent.columns[0]))
     if not comparable(mine, theirs) and theirs is not None:
         fk = compose("({})::{}", fk, sql.SQL(theirs))
     return compose(
@@ -227,7 +227,7 @@ def _gathering_fill(
         " WHERE p.{ref} = ANY (ARRAY(SELECT {fk} FROM {t} AS k WHERE {k_range}))"
         " AND {match}",
         t=t, col=col, ptenant=ctx.parent_tenant_sql(entry), parent=parent,
-        ref=sql.Identifier(entry.parent.ref_columns[0]), fk=fk, k_range=k_range, match=match)
+        ref=identifier(entry.parent.ref_columns[0]), fk=fk, k_range=k_range, match=match)
 
 
 HASH_GATHERED = (("enable_nestloop", "off"), ("enable_mergejoin", "off"))
@@ -349,7 +349,7 @@ def _step(ctx: PlanContext, entry: TenantTable, key_columns: Sequence[str], est:
         lock=Lock.ROW_EXCLUSIVE,
         done_check=Later(lambda: compose("SELECT NOT EXISTS ({})", compose(
             "SELECT 1 FROM {} AS c WHERE c.{} IS NULL",
-            entry.ident, sql.Identifier(entry.column)))),
+            entry.ident, identifier(entry.column)))),
         estimate=est,
         risks=risks,
         why="each batch is its own short transaction: row locks last milliseconds",

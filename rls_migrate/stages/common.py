@@ -14,7 +14,7 @@ from psycopg import sql
 from rls_migrate.catalog import Catalog, Column, Index, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
 from rls_migrate.playbook import ParentRef, Playbook, TablePlan
-from rls_migrate.sqlcompose import compose, sep
+from rls_migrate.sqlcompose import compose, identifier, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.steps import Estimate
 
@@ -256,7 +256,7 @@ class PlanContext:
         """``p.<parent's tenant column>``, cast to ``entry``'s tenant type where the two
         differ (``(p.account_id)::integer`` for a bigint parent under an integer root)."""
         assert entry.parent_column is not None
-        return cast_sql(compose("p.{}", sql.Identifier(entry.parent_column)),
+        return cast_sql(compose("p.{}", identifier(entry.parent_column)),
                         self.parent_tenant_type(entry), self.tenant_type(entry))
 
     def parent_match(self, entry: TenantTable, child: str) -> sql.Composed:
@@ -391,13 +391,13 @@ def _digest(text: str, size: int) -> str:
 @functools.lru_cache(maxsize=65536)
 def function_name(kind: str, qname: QualifiedName) -> sql.Identifier:
     """A toolkit function for one table, in the ``rls_migrate`` schema."""
-    return sql.Identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", qname))
+    return identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", qname))
 
 
 def columns_sql(columns: Sequence[str], alias: str | None = None) -> sql.Composed:
     if alias:
-        return sep(", ").join(sql.Identifier(alias, c) for c in columns)
-    return sep(", ").join(sql.Identifier(c) for c in columns)
+        return sep(", ").join(identifier(alias, c) for c in columns)
+    return sep(", ").join(identifier(c) for c in columns)
 
 
 def exists_sql(query: sql.Composable) -> sql.Composed:
@@ -485,8 +485,8 @@ def parent_match(entry: TenantTable, child: str,
     for (c, r), (mine, theirs) in zip(zip(entry.parent.columns, entry.parent.ref_columns,
                                           strict=True), types, strict=True):
         if comparable(mine, theirs) or theirs is None:
-            parts.append(compose(template, sql.Identifier(r), sql.Identifier(c)))
+            parts.append(compose(template, identifier(r), identifier(c)))
         else:
-            parts.append(compose(cast_template, sql.Identifier(r), sql.Identifier(c),
+            parts.append(compose(cast_template, identifier(r), identifier(c),
                                  sql.SQL(theirs)))
     return sep(" AND ").join(parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages.add_column import tenant_fk_name
 from rls_migrate.stages.common import (
     PlanContext,
@@ -52,9 +52,9 @@ def _not_null_steps(entry: TenantTable) -> list[Step]:
     """Check NOT VALID, validate it, SET NOT NULL, drop the check. The statements are built
     when first read (``plan`` in text form never reads them)."""
     ident = entry.ident
-    col = sql.Identifier(entry.column)
+    col = identifier(entry.column)
     check = not_null_check_name(entry)
-    check_ident = sql.Identifier(check)
+    check_ident = identifier(check)
 
     def not_null() -> sql.Composed:
         return column_not_null_check(entry.qname, entry.column)
@@ -131,7 +131,7 @@ def _validate_fk_step(entry: TenantTable) -> Step:
         table=entry.qname,
         description=f"VALIDATE the tenant foreign key {fk}: reads and writes go on",
         statements=Later(lambda: (compose("ALTER TABLE {} VALIDATE CONSTRAINT {}",
-            entry.ident, sql.Identifier(fk)),)),
+            entry.ident, identifier(fk)),)),
         lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         done_check=Later(lambda: constraint_exists_check(entry.qname, fk, validated=True)),
         estimate=rows_estimate(entry.table),

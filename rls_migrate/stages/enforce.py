@@ -32,7 +32,7 @@ from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
 from rls_migrate.executor import Executor
 from rls_migrate.outcomes import StepOutcome
-from rls_migrate.sqlcompose import as_text, compose, sep
+from rls_migrate.sqlcompose import as_text, compose, identifier, sep
 from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
@@ -201,7 +201,7 @@ def _enforce_statements(ctx: PlanContext, plan: TableEnforcement) -> tuple[sql.C
     if roles.admin and roles.admin_mode == "bypassrls":
         statements.append(_require_bypassrls(roles.admin))
     statements.append(compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
-                              sql.Identifier(TENANT_POLICY), ident, match, match))
+                              identifier(TENANT_POLICY), ident, match, match))
     # Nothing flags statements any more: observe's write-truth triggers go (under the lock
     # this step holds anyway); the kill switch puts them back.
     statements += write_truth.remove(entry)
@@ -209,11 +209,11 @@ def _enforce_statements(ctx: PlanContext, plan: TableEnforcement) -> tuple[sql.C
         # ALTER, not DROP: the baseline's presence is how observe's rollback knows it turned
         # RLS on (and must turn it off again).
         statements.append(compose("ALTER POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})",
-                                  sql.Identifier(BASELINE_POLICY), ident,
-                                  sql.Identifier(roles.app), match, match))
+                                  identifier(BASELINE_POLICY), ident,
+                                  identifier(roles.app), match, match))
     if plan.admin_policy:
-        admin = sql.Identifier(ADMIN_POLICY)
-        admins = sep(", ").join(sql.Identifier(r) for r in roles.admin)
+        admin = identifier(ADMIN_POLICY)
+        admins = sep(", ").join(identifier(r) for r in roles.admin)
         statements += [
             compose("DROP POLICY IF EXISTS {} ON {}", admin, ident),
             compose("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true)"
@@ -231,15 +231,15 @@ def _kill_switch(ctx: PlanContext, plan: TableEnforcement) -> tuple[sql.Composab
     inverse: list[sql.Composable] = [
         *install_recorders(ctx, entry),
         compose("ALTER POLICY {} ON {} USING ({}) WITH CHECK ({})",
-                sql.Identifier(TENANT_POLICY), ident, observe_expression(ctx, entry, "read"),
+                identifier(TENANT_POLICY), ident, observe_expression(ctx, entry, "read"),
                 observe_expression(ctx, entry, "write")),
         *drop_legacy_recorders(ctx, entry),
         *write_truth.install(ctx, entry)]
     if plan.replace_baseline:
         inverse.append(compose("ALTER POLICY {} ON {} TO PUBLIC USING (true) WITH CHECK (true)",
-                               sql.Identifier(BASELINE_POLICY), ident))
+                               identifier(BASELINE_POLICY), ident))
     if plan.admin_policy:
-        inverse.append(compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(ADMIN_POLICY),
+        inverse.append(compose("DROP POLICY IF EXISTS {} ON {}", identifier(ADMIN_POLICY),
                                ident))
     if plan.force:
         inverse.append(compose("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", ident))

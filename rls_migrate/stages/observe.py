@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, identifier
 from rls_migrate.stages import write_truth
 from rls_migrate.stages.common import (
     PlanContext,
@@ -124,13 +124,13 @@ def _policy_step(ctx: PlanContext, entry: TenantTable, enables: bool) -> Step:
 def _policy_statements(ctx: PlanContext, entry: TenantTable,
                        enables: bool) -> tuple[sql.Composable, ...]:
     ident = entry.ident
-    tenant_policy = sql.Identifier(TENANT_POLICY)
-    baseline_policy = sql.Identifier(BASELINE_POLICY)
+    tenant_policy = identifier(TENANT_POLICY)
+    baseline_policy = identifier(BASELINE_POLICY)
     statements: list[sql.Composable] = install_recorders(ctx, entry)
     statements += [
         compose("DROP POLICY IF EXISTS {} ON {}", tenant_policy, ident),
         compose("CREATE POLICY {} ON {} AS RESTRICTIVE FOR ALL TO {} USING ({})"
-                " WITH CHECK ({})", tenant_policy, ident, sql.Identifier(ctx.playbook.roles.app),
+                " WITH CHECK ({})", tenant_policy, ident, identifier(ctx.playbook.roles.app),
                 observe_expression(ctx, entry, "read"),
                 observe_expression(ctx, entry, "write")),
         *drop_legacy_recorders(ctx, entry),
@@ -152,8 +152,8 @@ def _policy_inverse(ctx: PlanContext, entry: TenantTable,
     if enables:
         inverse.append(compose("ALTER TABLE {} DISABLE ROW LEVEL SECURITY", ident))
     inverse += [
-        compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(TENANT_POLICY), ident),
-        compose("DROP POLICY IF EXISTS {} ON {}", sql.Identifier(BASELINE_POLICY), ident),
+        compose("DROP POLICY IF EXISTS {} ON {}", identifier(TENANT_POLICY), ident),
+        compose("DROP POLICY IF EXISTS {} ON {}", identifier(BASELINE_POLICY), ident),
         *(compose("DROP FUNCTION IF EXISTS {}", recorder_signature(ctx, entry, operation))
           for operation in OPERATIONS),
     ]

@@ -52,7 +52,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, identifier
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -155,7 +155,7 @@ def check_tenant_type(ctx: PlanContext, entry: TenantTable) -> None:
 def tenant_match(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     """``col = (SELECT <current tenant>)``: the sub-select is an InitPlan, so the setting is
     read once per statement, and the comparison can use a tenant-leading index."""
-    return compose("{} = (SELECT {})", sql.Identifier(entry.column),
+    return compose("{} = (SELECT {})", identifier(entry.column),
                                               tenant_value(ctx, entry))
 
 
@@ -344,7 +344,7 @@ def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
         marker=sql.Literal(marker), chars=sql.Literal(STATEMENT_CHARS), query_id=query_id,
         message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
         table=sql.Literal(str(entry.qname)), op=sql.Literal(operation),
-        samples=sql.Identifier(TOOLKIT_SCHEMA, SAMPLES_TABLE))
+        samples=identifier(TOOLKIT_SCHEMA, SAMPLES_TABLE))
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS boolean"
         " LANGUAGE plpgsql VOLATILE SECURITY DEFINER COST 1"

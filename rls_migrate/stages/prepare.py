@@ -10,6 +10,7 @@ import dataclasses
 
 from psycopg import sql
 
+from rls_migrate.sqlcompose import identifier
 from rls_migrate.stages.common import TOOLKIT_SCHEMA, PlanContext, exists_sql
 from rls_migrate.steps import Lock, StagePlan, Step
 
@@ -73,7 +74,7 @@ def check_roles(ctx: PlanContext) -> list[Finding]:
 
 
 def plan(ctx: PlanContext) -> StagePlan:
-    schema = sql.Identifier(TOOLKIT_SCHEMA)
+    schema = identifier(TOOLKIT_SCHEMA)
     steps = [
         Step(
             id="prepare:schema",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages import add_column
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
@@ -53,7 +53,7 @@ def probe_sequence(entry: TenantTable, kind: str = "missing") -> sql.Identifier:
     """The watch's counters, sequences because ``nextval``/``setval`` are immediate and outside
     any transaction: ``missing`` counts rows without the tenant, ``since`` holds the watch's
     start (epoch seconds), ``base`` the table's insert counter then."""
-    return sql.Identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", entry.qname))
+    return identifier(TOOLKIT_SCHEMA, object_name(f"{kind}_", entry.qname))
 
 
 def _seq_text(entry: TenantTable, kind: str) -> sql.Literal:
@@ -101,16 +101,16 @@ def watch_step(ctx: PlanContext, entry: TenantTable) -> Step:
                     " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}", fn=fn,
                     body=sql.Literal(compose("BEGIN PERFORM nextval({}); RETURN NEW; END",
                                              sql.Literal(seq.as_string(None))).as_string(None))),
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), entry.ident),
             compose("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW WHEN (NEW.{} IS NULL)"
-                    " EXECUTE FUNCTION {}()", sql.Identifier(trigger), entry.ident,
-                    sql.Identifier(entry.column), fn),
+                    " EXECUTE FUNCTION {}()", identifier(trigger), entry.ident,
+                    identifier(entry.column), fn),
         ),
         lock=Lock.SHARE_ROW_EXCLUSIVE,
         # Done once watching, and for good once the sync trigger is gone (drop mode).
         done_check=compose("SELECT ({}) OR NOT ({})", trigger_exists_check(entry.qname, trigger),
                            trigger_exists_check(entry.qname, sync)),
-        inverse=(compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),
+        inverse=(compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), entry.ident),
                  compose("DROP FUNCTION IF EXISTS {}()", fn),
                  *(compose("DROP SEQUENCE IF EXISTS {}", probe_sequence(entry, k))
                    for k in ("missing", "since", "base"))),
@@ -170,7 +170,7 @@ def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composab
     if owner_recreate and entry.parent is not None:
         owner, owner_trigger = entry.parent.qname, owner_trigger_name(entry)
         owner_drops = (
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(owner_trigger),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(owner_trigger),
                     owner.ident),
             compose("DROP FUNCTION IF EXISTS {}()", function_name("owns", entry.qname)))
         done = compose("SELECT NOT ({}) AND NOT ({})", trigger_exists_check(entry.qname, sync),
@@ -185,9 +185,9 @@ def drop_step(ctx: PlanContext, entry: TenantTable, recreate: tuple[sql.Composab
                     f"application writes {entry.column} (refused otherwise, with the count)",
         statements=(
             proof,
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(sync), entry.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(sync), entry.ident),
             compose("DROP FUNCTION IF EXISTS {}()", sync_fn),
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(trigger), entry.ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), entry.ident),
             compose("DROP FUNCTION IF EXISTS {}()", fn),
             *(compose("DROP SEQUENCE IF EXISTS {}", probe_sequence(entry, k))
               for k in ("missing", "since", "base")),

@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import as_text, compose, sep
+from rls_migrate.sqlcompose import as_text, compose, identifier, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -44,7 +44,7 @@ from rls_migrate.stages.common import (
 
 SYNC_TRIGGER_PREFIX = "rls_migrate_sync_"
 OWNER_TRIGGER_PREFIX = "rls_migrate_owns_"
-CONFLICTS_TABLE = sql.Identifier("rls_migrate", "sync_conflicts")
+CONFLICTS_TABLE = identifier("rls_migrate", "sync_conflicts")
 
 
 def sync_trigger_name(entry: TenantTable) -> str:
@@ -66,9 +66,9 @@ def _row_key(entry: TenantTable, row: str) -> sql.Composable:
     if not keys:
         return sql.SQL("NULL::text")
     if row == "NEW":
-        parts = [compose("NEW.{}::text", sql.Identifier(k)) for k in keys]
+        parts = [compose("NEW.{}::text", identifier(k)) for k in keys]
     else:
-        parts = [compose("c.{}::text", sql.Identifier(k)) for k in keys]
+        parts = [compose("c.{}::text", identifier(k)) for k in keys]
     return compose("concat_ws(',', {})", sep(", ").join(parts))
 
 
@@ -95,13 +95,13 @@ def _record_conflict(entry: TenantTable, row_key: sql.Composable, found: sql.Com
 def sync_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     """PL/pgSQL of the BEFORE INSERT OR UPDATE OF <link> trigger (the module's rules 1-4)."""
     assert entry.parent is not None and entry.parent_column is not None
-    col = sql.Identifier(entry.column)
+    col = identifier(entry.column)
     ctype = sql.SQL(ctx.tenant_type(entry))
-    new_fk = sep(", ").join(compose("NEW.{}", sql.Identifier(c))
+    new_fk = sep(", ").join(compose("NEW.{}", identifier(c))
                                 for c in entry.parent.columns)
-    old_fk = sep(", ").join(compose("OLD.{}", sql.Identifier(c))
+    old_fk = sep(", ").join(compose("OLD.{}", identifier(c))
                                 for c in entry.parent.columns)
-    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(c))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", identifier(c))
                                      for c in entry.parent.columns)
     setting = sql.Literal(ctx.playbook.tenant.setting)
     record = _record_conflict(entry, _row_key(entry, "NEW"), sql.SQL("rlsm_found"),
@@ -154,14 +154,14 @@ def owner_function_body(ctx: PlanContext, entry: TenantTable) -> sql.Composed:
     assert entry.parent is not None and entry.parent_column is not None
     owner = ctx.tenant_table(entry.parent.qname)
     assert owner is not None
-    col = sql.Identifier(entry.column)
+    col = identifier(entry.column)
     # NEW here is the owner's row: its link columns are the parent ref's ref_columns.
-    owner_tenant = cast_sql(compose("NEW.{}", sql.Identifier(entry.parent_column)),
+    owner_tenant = cast_sql(compose("NEW.{}", identifier(entry.parent_column)),
                             ctx.tenant_type(owner), ctx.tenant_type(entry))
-    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", sql.Identifier(r))
+    link_null = sep(" OR ").join(compose("NEW.{} IS NULL", identifier(r))
                                      for r in entry.parent.ref_columns)
     match = sep(" AND ").join(
-        compose("c.{} = NEW.{}", sql.Identifier(c), sql.Identifier(r))
+        compose("c.{} = NEW.{}", identifier(c), identifier(r))
         for c, r in zip(entry.parent.columns, entry.parent.ref_columns, strict=True))
     record = _record_conflict(entry, sql.SQL("rlsm_key"), sql.SQL("rlsm_tenant"),
                               sql.SQL("rlsm_had"), sql.Literal("owner"))

@@ -33,7 +33,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName, Table
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, identifier
 from rls_migrate.stages.common import (
     TenantTable,
     columns_sql,
@@ -68,7 +68,7 @@ def drop_invalid(qname: QualifiedName, name: str) -> sql.Composed:
         "IF EXISTS (SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
         " WHERE x.indrelid = {t} AND c.relname = {n} AND NOT x.indisvalid)"
         " THEN DROP INDEX {i}; END IF;",
-        t=regclass_literal(qname), n=sql.Literal(name), i=sql.Identifier(qname.schema, name)))
+        t=regclass_literal(qname), n=sql.Literal(name), i=identifier(qname.schema, name)))
 
 
 def not_null_guard(entry: TenantTable) -> sql.Composed:
@@ -148,7 +148,7 @@ def partition_builds(entry: TenantTable, parts: list[tuple[QualifiedName, str]],
     steps = []
     for part, old in parts:
         name = tenant_name(part, old)
-        idx = sql.Identifier(part.schema, name)
+        idx = identifier(part.schema, name)
         child = tables.get(part)
         size = child.size_bytes if child is not None else 0
         steps.append(Step(
@@ -161,7 +161,7 @@ def partition_builds(entry: TenantTable, parts: list[tuple[QualifiedName, str]],
                         "swap",
             statements=(compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),
                         compose("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                                sql.Identifier(name), part.ident, columns_sql(columns))),
+                                identifier(name), part.ident, columns_sql(columns))),
             lock=Lock.SHARE_UPDATE_EXCLUSIVE,
             transactional=False,
             done_check=index_ready(part, name),
@@ -178,11 +178,11 @@ def _partition_swap_sql(entry: TenantTable, drop: str, add: str, columns: tuple[
                         parts: list[tuple[QualifiedName, str]]) -> list[sql.Composed]:
     """Drop ``drop`` on the parent, make each partition's index its primary key, add ``add``
     on the parent (it adopts them). ``parts``: (partition, index/constraint name)."""
-    out = [compose("ALTER TABLE {} DROP CONSTRAINT {}", entry.ident, sql.Identifier(drop))]
+    out = [compose("ALTER TABLE {} DROP CONSTRAINT {}", entry.ident, identifier(drop))]
     out += [compose("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}", part.ident,
-                    sql.Identifier(name), sql.Identifier(name)) for part, name in parts]
+                    identifier(name), identifier(name)) for part, name in parts]
     out.append(compose("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})", entry.ident,
-                       sql.Identifier(add), columns_sql(columns)))
+                       identifier(add), columns_sql(columns)))
     return out
 
 
@@ -208,7 +208,7 @@ def partitioned_swap_step(entry: TenantTable, old_name: str, old_columns: tuple[
     inverse += [drop_invalid(p, n) for p, n in parts]
     inverse.append(set_lock_timeout(0))
     inverse += [compose("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                        sql.Identifier(n), p.ident, columns_sql(old_columns)) for p, n in parts]
+                        identifier(n), p.ident, columns_sql(old_columns)) for p, n in parts]
     inverse += [set_lock_timeout(lock_ms), swap_back]
     return Step(
         id=f"swap_primary_key:{entry.qname}:{new_name}",
@@ -240,7 +240,7 @@ def partitioned_swap_step(entry: TenantTable, old_name: str, old_columns: tuple[
 
 def added_build(entry: TenantTable, columns: tuple[str, ...]) -> Step:
     name = added_name(entry.qname)
-    idx = sql.Identifier(entry.qname.schema, name)
+    idx = identifier(entry.qname.schema, name)
     new_columns = (entry.column, *columns)
     return Step(
         id=f"create_index:{entry.qname}:{name}",
@@ -251,7 +251,7 @@ def added_build(entry: TenantTable, columns: tuple[str, ...]) -> Step:
                     "primary key this table lacks, built before it is added",
         statements=(compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),
                     compose("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                            sql.Identifier(name), entry.ident, columns_sql(new_columns))),
+                            identifier(name), entry.ident, columns_sql(new_columns))),
         lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         transactional=False,
         done_check=index_ready(entry.qname, name),
@@ -276,13 +276,13 @@ def added_key_step(entry: TenantTable, source: str, columns: tuple[str, ...]) ->
                     f"{source}",
         statements=(not_null_guard(entry),
                     compose("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}",
-                            entry.ident, sql.Identifier(name), sql.Identifier(name))),
+                            entry.ident, identifier(name), identifier(name))),
         lock=Lock.ACCESS_EXCLUSIVE,
         done_check=exists_sql(compose(
             "SELECT 1 FROM pg_constraint WHERE conrelid = {} AND conname = {}",
             regclass_literal(entry.qname), sql.Literal(name))),
         inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", entry.ident,
-                         sql.Identifier(name)),),
+                         identifier(name)),),
         inverse_lock=Lock.ACCESS_EXCLUSIVE,
         estimate=Estimate(seconds=0.01),
         why="the index is built and every column NOT NULL: adding the key only changes the "

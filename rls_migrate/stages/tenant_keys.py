@@ -39,7 +39,7 @@ from psycopg import sql
 
 from rls_migrate.catalog import Constraint, ForeignKey, QualifiedName, Table, quote_ident
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages import tenant_key_shapes as shapes
 from rls_migrate.stages.common import (
     ESTIMATED_INDEX_BYTES_PER_S,
@@ -299,7 +299,7 @@ def _add_fk_sql(child: TenantTable, name: str, columns: tuple[str, ...], parent:
                 ref_columns: tuple[str, ...], tail: str) -> sql.Composed:
     # ``tail`` is the server's own text (pg_get_constraintdef), like format_type elsewhere.
     return compose("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){} "
-                   "NOT VALID", child.ident, sql.Identifier(name), columns_sql(columns),
+                   "NOT VALID", child.ident, identifier(name), columns_sql(columns),
                    parent.ident, columns_sql(ref_columns), sql.SQL(tail))
 
 
@@ -331,7 +331,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
         if swap.added:
             builds.append(shapes.added_build(entry, swap.old_columns))
             continue
-        idx = sql.Identifier(entry.qname.schema, swap.new_name)
+        idx = identifier(entry.qname.schema, swap.new_name)
         builds.append(Step(
             id=f"create_index:{entry.qname}:{swap.new_name}",
             stage="index",
@@ -342,7 +342,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
                         "built before the swap",
             statements=(compose("DROP INDEX CONCURRENTLY IF EXISTS {}", idx),
                         compose("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                                sql.Identifier(swap.new_name), entry.ident,
+                                identifier(swap.new_name), entry.ident,
                                 columns_sql(swap.new_columns))),
             lock=Lock.SHARE_UPDATE_EXCLUSIVE,
             transactional=False,
@@ -370,7 +370,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
             lock=Lock.SHARE_ROW_EXCLUSIVE,
             done_check=constraint_exists_check(child.qname, rp.composite_name),
             inverse=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", child.ident,
-                             sql.Identifier(rp.composite_name)),),
+                             identifier(rp.composite_name)),),
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             estimate=Estimate(seconds=0.01),
             why=f"Citus needs foreign keys between distributed tables to include the "
@@ -383,7 +383,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
             table=child.qname,
             description=f"VALIDATE {rp.composite_name}: one scan, reads and writes go on",
             statements=(compose("ALTER TABLE {} VALIDATE CONSTRAINT {}", child.ident,
-                                sql.Identifier(rp.composite_name)),),
+                                identifier(rp.composite_name)),),
             lock=Lock.SHARE_UPDATE_EXCLUSIVE,
             transactional=False,
             done_check=constraint_exists_check(child.qname, rp.composite_name, validated=True),
@@ -398,7 +398,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
             description=f"DROP CONSTRAINT {rp.name}: the validated {rp.composite_name} "
                         "guarantees what it did",
             statements=(compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", child.ident,
-                                sql.Identifier(rp.name)),),
+                                identifier(rp.name)),),
             # ACCESS EXCLUSIVE on the child and on the parent (their RI triggers go), for
             # milliseconds, under lock_timeout.
             lock=Lock.ACCESS_EXCLUSIVE,
@@ -407,7 +407,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
                      _add_fk(child, rp.name, rp.columns, parent, rp.ref_columns, rp.tail),
                      _set_lock_timeout(0),
                      compose("ALTER TABLE {} VALIDATE CONSTRAINT {}", child.ident,
-                             sql.Identifier(rp.name))),
+                             identifier(rp.name))),
             inverse_transactional=False,
             inverse_lock=Lock.ACCESS_EXCLUSIVE,
             estimate=Estimate(seconds=0.01),
@@ -442,7 +442,7 @@ def key_steps(ctx: PlanContext, notes: list[str]) -> list[Step]:
 
 def _swap_step(ctx: PlanContext, swap: KeySwap, into: list[Repoint], lock_ms: float) -> Step:
     entry = swap.entry
-    new, old = sql.Identifier(swap.new_name), sql.Identifier(swap.old_name)
+    new, old = identifier(swap.new_name), identifier(swap.old_name)
     column = entry.table.column(entry.column)
     risks = [f"a rollback builds the old key ({', '.join(swap.old_columns)}) again: it fails "
              "if two tenants have the same value by then"]
@@ -463,13 +463,13 @@ def _swap_step(ctx: PlanContext, swap: KeySwap, into: list[Repoint], lock_ms: fl
         readd += [_add_fk(rp.child, rp.name, rp.columns, entry, rp.ref_columns, rp.tail),
                   _set_lock_timeout(0),
                   compose("ALTER TABLE {} VALIDATE CONSTRAINT {}", rp.child.ident,
-                          sql.Identifier(rp.name)),
+                          identifier(rp.name)),
                   _set_lock_timeout(lock_ms)]
     # One transaction each (autocommit): a transaction that locks several tables one after
     # the other is a deadlock waiting for an application statement that locks them in the
     # other order.
     drop_composites = [compose("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", rp.child.ident,
-                               sql.Identifier(rp.composite_name)) for rp in into]
+                               identifier(rp.composite_name)) for rp in into]
     swap_back = _do(compose(
         "IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {t} AND conname = {n}) THEN"
         " ALTER TABLE {table} DROP CONSTRAINT {new}, ADD CONSTRAINT {old} PRIMARY KEY"

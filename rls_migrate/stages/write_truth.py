@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, identifier
 from rls_migrate.stages.common import (
     TOOLKIT_SCHEMA,
     PlanContext,
@@ -102,7 +102,7 @@ def row_function_sql(entry: TenantTable) -> sql.Composed:
         " true);\n"
         "  END IF;\n"
         "  RETURN NULL;\n"
-        "END", foreign=sql.Literal(FOREIGN_SETTING), col=sql.Identifier(entry.column))
+        "END", foreign=sql.Literal(FOREIGN_SETTING), col=identifier(entry.column))
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql VOLATILE"
         " SET search_path = pg_catalog, pg_temp AS {body}",
@@ -159,7 +159,7 @@ def statement_function_sql(ctx: PlanContext, entry: TenantTable) -> sql.Composed
         caller=sql.Literal(CALLER_SETTING), chars=sql.Literal(STATEMENT_CHARS),
         message=sql.Literal(LOG_PREFIX + "%"), version=sql.Literal(LOG_VERSION),
         table=sql.Literal(str(entry.qname)), database_identity=DATABASE_IDENTITY,
-        samples=sql.Identifier(TOOLKIT_SCHEMA, TABLE))
+        samples=identifier(TOOLKIT_SCHEMA, TABLE))
     return compose(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql VOLATILE"
         " SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms'"
@@ -187,17 +187,17 @@ def _install(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
         # does not apply to (an owner's maintenance with a stray setting must not fail).
         out += [
             row_function_sql(entry),
-            compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(ROW_TRIGGER), ident),
+            compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(ROW_TRIGGER), ident),
             compose("CREATE TRIGGER {} AFTER UPDATE OR DELETE ON {} FOR EACH ROW"
                     " WHEN ({flagged} AND OLD.{col} IS DISTINCT FROM {tenant})"
-                    " EXECUTE FUNCTION {fn}()", sql.Identifier(ROW_TRIGGER), ident,
-                    flagged=_flagged(), col=sql.Identifier(entry.column),
+                    " EXECUTE FUNCTION {fn}()", identifier(ROW_TRIGGER), ident,
+                    flagged=_flagged(), col=identifier(entry.column),
                     tenant=tenant_value(ctx, entry), fn=row_function(entry)),
         ]
     out += [
-        compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(STATEMENT_TRIGGER), ident),
+        compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(STATEMENT_TRIGGER), ident),
         compose("CREATE TRIGGER {} AFTER UPDATE OR DELETE ON {} FOR EACH STATEMENT"
-                " WHEN ({}) EXECUTE FUNCTION {}()", sql.Identifier(STATEMENT_TRIGGER), ident,
+                " WHEN ({}) EXECUTE FUNCTION {}()", identifier(STATEMENT_TRIGGER), ident,
                 _flagged(), statement_function(entry)),
     ]
     return out
@@ -206,8 +206,8 @@ def _install(ctx: PlanContext, entry: TenantTable) -> list[sql.Composable]:
 def remove(entry: TenantTable) -> list[sql.Composed]:
     ident = entry.ident
     return [
-        compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(ROW_TRIGGER), ident),
-        compose("DROP TRIGGER IF EXISTS {} ON {}", sql.Identifier(STATEMENT_TRIGGER), ident),
+        compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(ROW_TRIGGER), ident),
+        compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(STATEMENT_TRIGGER), ident),
         compose("DROP FUNCTION IF EXISTS {}()", row_function(entry)),
         compose("DROP FUNCTION IF EXISTS {}()", statement_function(entry)),
     ]

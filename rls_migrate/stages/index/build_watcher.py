@@ -16,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from rls_migrate.executor import Executor, _Trace
 from rls_migrate.outcomes import StepOutcome, now
+from rls_migrate.sqlcompose import identifier
 from rls_migrate.steps import Step
 
 PROGRESS_INTERVAL_S = 0.5
@@ -196,7 +197,7 @@ def drop_invalid_index(conn: psycopg.Connection[Any], schema: str, name: str) ->
     if not row or not row[0]:
         return False
     conn.execute(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(identifier(schema, name))
     )
     return True
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from psycopg import sql
-
 from rls_migrate.catalog import ForeignKey, QualifiedName
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -69,7 +67,7 @@ def fk_steps(fks: list[TenantForeignKey]) -> list[Step]:
     validates: list[Step] = []
     for tfk in fks:
         child, fk, parent = tfk.child, tfk.fk, tfk.parent
-        name = sql.Identifier(tfk.name)
+        name = identifier(tfk.name)
         local = (child.column, *fk.columns)
         adds.append(Step(
             id=f"tenant_fk:{child.qname}:{tfk.name}",

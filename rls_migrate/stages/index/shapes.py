@@ -10,7 +10,7 @@ import re
 from psycopg import sql
 
 from rls_migrate.catalog import Index, QualifiedName
-from rls_migrate.sqlcompose import compose, sep
+from rls_migrate.sqlcompose import compose, identifier, sep
 from rls_migrate.sqltext import scan
 from rls_migrate.stages.common import columns_sql
 
@@ -44,7 +44,7 @@ class IndexShape:
 
     @classmethod
     def of_columns(cls, columns: tuple[str, ...]) -> IndexShape:
-        return cls("btree", tuple(sql.Identifier(c) for c in columns), columns)
+        return cls("btree", tuple(identifier(c) for c in columns), columns)
 
     @classmethod
     def parse(cls, definition: str) -> IndexShape | None:
@@ -76,7 +76,7 @@ class IndexShape:
     def leading(self, column: str) -> IndexShape:
         """The same index with ``column`` in front: the tenant-leading twin."""
         return dataclasses.replace(
-            self, keys=(sql.Identifier(column), *self.keys),
+            self, keys=(identifier(column), *self.keys),
             columns=None if self.columns is None else (column, *self.columns))
 
     def without_leading(self) -> IndexShape:
@@ -89,13 +89,13 @@ class IndexShape:
         head = compose("CREATE {kind}{conc} IF NOT EXISTS {name} ON {only}{table}",
                        kind=sql.SQL("UNIQUE INDEX" if unique else "INDEX"),
                        conc=sql.SQL(" CONCURRENTLY" if concurrently else ""),
-                       name=sql.Identifier(name), only=sql.SQL("ONLY " if only else ""),
+                       name=identifier(name), only=sql.SQL("ONLY " if only else ""),
                        table=table.ident)
         if self.is_plain:
             assert self.columns is not None
             return compose("{} ({})", head, columns_sql(self.columns))
         tail = sql.SQL(" " + self.tail) if self.tail else sql.SQL("")
-        return compose("{} USING {} ({}){}", head, sql.Identifier(self.method),
+        return compose("{} USING {} ({}){}", head, identifier(self.method),
                        sep(", ").join(self.keys), tail)
 
     def describe(self) -> str:

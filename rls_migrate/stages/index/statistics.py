@@ -22,7 +22,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
-from rls_migrate.sqlcompose import compose, sep
+from rls_migrate.sqlcompose import compose, identifier, sep
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -82,7 +82,7 @@ def _step(entry: TenantTable, target: TenantTable, wanted: list[tuple[str, ...]]
         columns = sorted({c for link in wanted for c in link} | {entry.column})
         creates = tuple(
             compose("CREATE STATISTICS IF NOT EXISTS {} (dependencies) ON {} FROM {}",
-                    sql.Identifier(target.qname.schema, name),
+                    identifier(target.qname.schema, name),
                     columns_sql((*link, entry.column)), target.ident)
             for name, link in zip(names, wanted, strict=True))
         return (*creates, compose("ANALYZE {} ({})", target.ident, columns_sql(columns)))
@@ -103,7 +103,7 @@ def _step(entry: TenantTable, target: TenantTable, wanted: list[tuple[str, ...]]
         lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         done_check=Later(lambda: _exist_check(target.qname, names)),
         inverse=Later(lambda: (compose("DROP STATISTICS IF EXISTS {}", sep(", ").join(
-            sql.Identifier(target.qname.schema, n) for n in names)),)),
+            identifier(target.qname.schema, n) for n in names)),)),
         inverse_lock=Lock.SHARE_UPDATE_EXCLUSIVE,
         estimate=Estimate(seconds=0.1),
         why="the policy's tenant comparison and a filter on the link to the parent are "

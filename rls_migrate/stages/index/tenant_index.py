@@ -9,7 +9,7 @@ from psycopg import sql
 
 from rls_migrate.catalog import Index, QualifiedName, Table
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import compose
+from rls_migrate.sqlcompose import compose, identifier
 from rls_migrate.stages.common import (
     ESTIMATED_INDEX_BYTES_PER_S,
     PlanContext,
@@ -105,7 +105,7 @@ def twin_candidates(ctx: PlanContext, entry: TenantTable) -> list[tuple[Index, s
 
 def create_step(table: Table | None, qname: QualifiedName, name: str, shape: IndexShape,
                  why: str, *, unique: bool = False, description: str | None = None) -> Step:
-    idx = sql.Identifier(qname.schema, name)
+    idx = identifier(qname.schema, name)
     kind = "UNIQUE INDEX" if unique else "INDEX"
     return Step(
         id=f"create_index:{qname}:{name}",
@@ -135,7 +135,7 @@ def index_steps(ctx: PlanContext, entry: TenantTable, name: str, shape: IndexSha
     table = entry.table
     if not table.is_partitioned:
         return [create_step(table, entry.qname, name, shape, why, unique=unique)]
-    idx = sql.Identifier(entry.qname.schema, name)
+    idx = identifier(entry.qname.schema, name)
     steps = [Step(
         id=f"create_index:{entry.qname}:{name}",
         stage="index",
@@ -154,7 +154,7 @@ def index_steps(ctx: PlanContext, entry: TenantTable, name: str, shape: IndexSha
     )]
     for part in table.partitions:
         part_name = partition_index_name(part, name)
-        part_idx = sql.Identifier(part.schema, part_name)
+        part_idx = identifier(part.schema, part_name)
         steps.append(create_step(
             ctx.catalog.tables.get(part), part, part_name, shape, why, unique=unique,
             description=f"CREATE INDEX CONCURRENTLY {part_name} on partition {part}"))
@@ -197,7 +197,7 @@ def _attached_check(part: QualifiedName, part_name: str, parent_name: str) -> sq
 def drop_index_step(entry: TenantTable, old_name: str, old_shape: IndexShape, *,
                      unique: bool, why: str, risks: tuple[str, ...] = ()) -> Step:
     """Drop ``old_name`` concurrently; the inverse builds it again, concurrently."""
-    idx = sql.Identifier(entry.qname.schema, old_name)
+    idx = identifier(entry.qname.schema, old_name)
     return Step(
         id=f"drop_index:{entry.qname}:{old_name}",
         stage="index",

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from rls_migrate.catalog import QualifiedName
 from rls_migrate.errors import PlaybookError
-from rls_migrate.sqlcompose import as_text, compose
+from rls_migrate.sqlcompose import as_text, compose, identifier
 from rls_migrate.stages.common import (
     PlanContext,
     TenantTable,
@@ -124,7 +124,7 @@ def unique_steps(ctx: PlanContext, entry: TenantTable, wanted: tuple[str, ...],
             notes.append(f"{entry.qname}: cannot read the index of {old_name}: left global")
             return []
         new = object_name("", QualifiedName(entry.qname.schema, old_name), TENANT_UNIQUE_SUFFIX)
-        new_ident, old_ident = sql.Identifier(new), sql.Identifier(old_name)
+        new_ident, old_ident = identifier(new), identifier(old_name)
         timing = deferrable_sql(deferrable)
         lock_ms = ctx.playbook.options.lock_timeout
         old_exists = constraint_exists_check(entry.qname, old_name)
@@ -133,7 +133,7 @@ def unique_steps(ctx: PlanContext, entry: TenantTable, wanted: tuple[str, ...],
             " WHERE x.indrelid = {t} AND c.relname = {n} AND NOT x.indisvalid)"
             " THEN DROP INDEX {i}; END IF;",
             t=regclass_literal(entry.qname), n=sql.Literal(old_name),
-            i=sql.Identifier(entry.qname.schema, old_name)))
+            i=identifier(entry.qname.schema, old_name)))
         swap_back = _do(compose(
             "IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {t} AND conname = {n})"
             " THEN ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {new}, ADD CONSTRAINT {old}"
@@ -273,7 +273,7 @@ def key_name(entry: TenantTable, columns: tuple[str, ...]) -> str:
 
 def add_key_step(entry: TenantTable, name: str, columns: tuple[str, ...], why: str,
                   risks: tuple[str, ...] = ()) -> Step:
-    ident = sql.Identifier(name)
+    ident = identifier(name)
     return Step(
         id=f"tenant_key:{entry.qname}:{name}",
         stage="index",
