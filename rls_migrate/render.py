@@ -310,8 +310,15 @@ CHUNKS: dict[str, Chunks] = {
 
 
 def write_plan(out: TextIO, fmt: str, plan: Plan, catalog: Catalog, conn: Any = None) -> None:
-    """Render ``plan`` in ``fmt`` onto ``out`` piece by piece (see :data:`Chunks`)."""
-    write = out.write
+    """Render ``plan`` in ``fmt`` onto ``out`` piece by piece (see :data:`Chunks`), a few
+    hundred kilobytes a write (one write a step cost more than the json encoding)."""
+    pending: list[str] = []
+    size = 0
     for chunk in CHUNKS[fmt](plan, catalog, conn):
-        write(chunk)
+        pending.append(chunk)
+        size += len(chunk)
+        if size > 262_144:
+            out.write("".join(pending))
+            pending, size = [], 0
+    out.write("".join(pending))
 
