@@ -405,10 +405,13 @@ def test_backfill_notes_row_waits_longer_than_lock_timeout(sample: Sample) -> No
     assert not any("lock_timeout" in n for n in notes), notes
 
 
-def _all_sql(plan: Plan, order: Callable[[list[Step]], list[Step]]) -> dict[str, object]:
+StepSql = tuple[list[str], list[str], str | None, list[str | None] | None]
+
+
+def _all_sql(plan: Plan, order: Callable[[list[Step]], list[Step]]) -> dict[str, StepSql]:
     """Every statement, inverse, done check and backfill statement of ``plan`` as text,
     read step by step in the given order."""
-    out: dict[str, object] = {}
+    out: dict[str, StepSql] = {}
     for s in order(plan.steps):
         spec = s.backfill
         out[s.id] = (
