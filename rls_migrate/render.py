@@ -131,6 +131,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def markdown_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]:
+    """For a pull request: risks, each stage's steps as a table, then each step's SQL."""
     yield from _joined(_markdown_groups(plan, catalog, conn))
     yield "\n"
 
@@ -166,6 +167,7 @@ def _markdown_groups(plan: Plan, catalog: Catalog, conn: Any) -> Iterator[list[s
 
 
 def render_markdown(plan: Plan, catalog: Catalog, conn: Any = None) -> str:
+    """:func:`markdown_chunks` as one string."""
     return "".join(markdown_chunks(plan, catalog, conn))
 
 
@@ -176,14 +178,15 @@ def _comment(text: str) -> str:
 
 
 def sql_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]:
-    return _joined(_sql_groups(plan, catalog, conn))
-
-
-def _sql_groups(plan: Plan, catalog: Catalog, conn: Any) -> Iterator[list[str]]:
     """A psql script. Transactional steps run in their own transaction under the playbook's
     lock_timeout (no retries here: a step that times out stops the script);
     CONCURRENTLY statements run outside any transaction. Backfills run as one UPDATE here:
     ``rls-migrate apply`` runs them in short batches instead."""
+    return _joined(_sql_groups(plan, catalog, conn))
+
+
+def _sql_groups(plan: Plan, catalog: Catalog, conn: Any) -> Iterator[list[str]]:
+    """The script's lines, a step at a time."""
     text = SqlText(conn)
     out = [_comment(f"rls-migrate plan for {catalog.database} "
                     f"(PostgreSQL {catalog.server_version})"),

