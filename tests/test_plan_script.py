@@ -8,8 +8,10 @@ import dataclasses
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -366,3 +368,35 @@ def test_sql_script_takes_the_playbooks_lock_timeout(fresh_dsn: str) -> None:
     script = render_sql(plan, catalog)
     assert "SET LOCAL lock_timeout = '250ms';" in script
     assert "'100ms'" not in script
+
+
+@pytest.mark.core_majors
+def test_ctrl_c_while_the_catalog_read_waits_on_a_lock(tmp_path: Path, fresh_dsn: str) -> None:
+    """``plan`` reads the catalog in another thread while its modules load; a catalog query
+    can wait on another session's lock (pg_total_relation_size opens the table). Ctrl-C then
+    cancels that query and exits (130), as when the read ran on the main thread, instead of
+    waiting for the lock."""
+    playbook = tmp_path / "sample.yaml"
+    playbook.write_text(dump_playbook(sample_playbook(load_catalog(fresh_dsn))))
+    with psycopg.connect(fresh_dsn) as holder, \
+            psycopg.connect(fresh_dsn, autocommit=True) as watcher:
+        holder.execute("LOCK TABLE public.issues IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen([CLI, "plan", str(playbook), "--dsn", fresh_dsn],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'public.issues'::regclass").fetchone()[0]:  # type: ignore[index]
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "plan never waited on the lock"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)  # while the lock is still held
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+
