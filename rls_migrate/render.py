@@ -101,9 +101,7 @@ def json_chunks(plan: Plan, catalog: Catalog, conn: Any = None) -> Iterator[str]
         yield head + "\n"
         last = len(stage.steps) - 1
         for i, step in enumerate(stage.steps):
-            yield dump(_step_dict(step, text)) + ("," if i < last else end)
-            if i < last:
-                yield "\n"
+            yield dump(_step_dict(step, text)) + (",\n" if i < last else end)
     yield "]}\n"
 
 
