@@ -170,3 +170,22 @@ def schema_snapshot(dsn: str) -> dict[str, Any]:
         "functions": catalog.functions,
         "roles": dict(catalog.roles),
     }
+
+
+StepSql = tuple[list[str], list[str], str | None, list[str | None] | None]
+
+
+def all_sql(plan: Plan, order: Callable[[list[Step]], list[Step]]) -> dict[str, StepSql]:
+    """Every statement, inverse, done check and backfill statement of ``plan`` as text,
+    read step by step in the given order."""
+    out: dict[str, StepSql] = {}
+    for s in order(plan.steps):
+        spec = s.backfill
+        out[s.id] = (
+            [x.as_string(None) for x in s.statements], [x.as_string(None) for x in s.inverse],
+            s.done_check.as_string(None) if s.done_check is not None else None,
+            None if spec is None else [query.as_string(None) if query is not None else None for query in (
+                spec.batch_sql, spec.first_batch_sql, spec.next_key_sql, spec.max_key_sql,
+                spec.remaining_sql, spec.single_statement_sql, spec.orphans_sql,
+                spec.conflicts_sql)])
+    return out

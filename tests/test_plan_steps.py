@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 import version_helpers
-from plan_helpers import Conn, execute, load_catalog, q, sample_factory, sample_playbook
+from plan_helpers import Conn, all_sql, execute, load_catalog, q, sample_factory, sample_playbook
 
 from rls_migrate import samples
 from rls_migrate.catalog import Catalog, QualifiedName
@@ -405,31 +405,12 @@ def test_backfill_notes_row_waits_longer_than_lock_timeout(sample: Sample) -> No
     assert not any("lock_timeout" in n for n in notes), notes
 
 
-StepSql = tuple[list[str], list[str], str | None, list[str | None] | None]
-
-
-def _all_sql(plan: Plan, order: Callable[[list[Step]], list[Step]]) -> dict[str, StepSql]:
-    """Every statement, inverse, done check and backfill statement of ``plan`` as text,
-    read step by step in the given order."""
-    out: dict[str, StepSql] = {}
-    for s in order(plan.steps):
-        spec = s.backfill
-        out[s.id] = (
-            [x.as_string(None) for x in s.statements], [x.as_string(None) for x in s.inverse],
-            s.done_check.as_string(None) if s.done_check is not None else None,
-            None if spec is None else [q.as_string(None) if q is not None else None for q in (
-                spec.batch_sql, spec.first_batch_sql, spec.next_key_sql, spec.max_key_sql,
-                spec.remaining_sql, spec.single_statement_sql, spec.orphans_sql,
-                spec.conflicts_sql)])
-    return out
-
-
 def test_step_sql_is_the_same_whenever_it_is_read(sample: Sample) -> None:
     """Steps build their SQL when it is first read (``plan`` in text form never reads it):
     what they build must depend only on what is fixed at planning time, never on when or in
     which order the statements are read."""
-    forward = _all_sql(build_plan(sample.catalog, sample.playbook), list)
-    backward = _all_sql(build_plan(sample.catalog, sample.playbook),
+    forward = all_sql(build_plan(sample.catalog, sample.playbook), list)
+    backward = all_sql(build_plan(sample.catalog, sample.playbook),
                         lambda steps: list(reversed(steps)))
     assert forward == backward
     assert len(forward) > 50 and all(statements for statements, *_ in forward.values())

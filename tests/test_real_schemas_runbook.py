@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from plan_helpers import all_sql
 from real_schemas import runbook
 from real_schemas.agree import disagreements
 from real_schemas.corpus import SCHEMAS, clone
@@ -37,6 +38,24 @@ def test_runbook(name: str, pg_server: servers.PostgresServer, make_factory: Any
         except BaseException as exc:
             exc.add_note(f"{name}: passed {', '.join(outcome.passed) or 'nothing'}")
             raise
+
+
+@pytest.mark.core_majors  # the plan's SQL, not the server, is under test
+@pytest.mark.parametrize("name", RUNBOOK)
+def test_step_sql_is_the_same_whenever_it_is_read(
+        name: str, pg_server: servers.PostgresServer, make_factory: Any) -> None:
+    """Steps build their SQL when first read (``plan`` in text form reads none): on schemas
+    we did not design, every statement, inverse, done check and backfill statement is the
+    same read forward or backward through the plan."""
+    schema = SCHEMAS[name]
+    with clone(pg_server, make_factory, schema) as dsn, psycopg.connect(dsn) as conn:
+        catalog = Catalog.load(conn)
+    playbook = load_playbook(schema.playbook_path)
+    forward = all_sql(build_plan(catalog, playbook, source=name), list)
+    backward = all_sql(build_plan(catalog, playbook, source=name),
+                       lambda steps: list(reversed(steps)))
+    assert forward == backward
+    assert len(forward) > 20 and all(statements for statements, *_ in forward.values())
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in SCHEMAS.items() if s.global_uniques))
