@@ -132,7 +132,7 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
         done_check=Later(lambda: _unless_retired(ctx, entry, compose(
             "SELECT ({}) AND ({})", trigger_exists_check(entry.qname, trigger),
             function_current_check(function_name("sync", entry.qname),
-                                   body_text(sync_function_body(ctx, entry)))))),
+                                   _sync_body(ctx, entry))))),
         inverse=Later(lambda: (
             compose("DROP TRIGGER IF EXISTS {} ON {}", identifier(trigger), entry.ident),
             compose("DROP FUNCTION IF EXISTS {}()", function_name("sync", entry.qname)),
@@ -143,13 +143,20 @@ def _sync_step(ctx: PlanContext, entry: TenantTable) -> Step:
     )
 
 
+def _sync_body(ctx: PlanContext, entry: TenantTable) -> str:
+    """The sync function's body, built once per plan: the step installs it and its done
+    check compares the installed one with it."""
+    return ctx.once(("sync_body", entry.qname),
+                    lambda: body_text(sync_function_body(ctx, entry)))
+
+
 def _sync_statements(ctx: PlanContext, entry: TenantTable) -> tuple[sql.Composable, ...]:
     assert entry.parent is not None
     ident = entry.ident
     fn = function_name("sync", entry.qname)
     trigger = identifier(sync_trigger_name(entry))
     return (
-        create_function(fn, body_text(sync_function_body(ctx, entry))),
+        create_function(fn, _sync_body(ctx, entry)),
         compose("DROP TRIGGER IF EXISTS {} ON {}", trigger, ident),
         compose("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {}"
                 " FOR EACH ROW EXECUTE FUNCTION {}()", trigger,

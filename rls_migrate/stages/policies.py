@@ -248,11 +248,8 @@ def _session_capture(ctx: PlanContext) -> sql.Composable:
 def recorder_function(ctx: PlanContext, entry: TenantTable, operation: str) -> sql.Composed:
     """:func:`build_recorder_function`, built once per plan (observe and enforce both
     install it)."""
-    key = ("recorder_function", entry.qname, operation)
-    found: sql.Composed | None = ctx.memo.get(key)
-    if found is None:
-        found = ctx.memo[key] = build_recorder_function(ctx, entry, operation)
-    return found
+    return ctx.once(("recorder_function", entry.qname, operation),
+                    lambda: build_recorder_function(ctx, entry, operation))
 
 
 def build_recorder_function(ctx: PlanContext, entry: TenantTable, operation: str
